@@ -1,0 +1,81 @@
+//! Metric benchmarks, matched by `benches/python/bench_sklearn.py` (the
+//! scikit-learn baseline, same data shapes). Run both with
+//! `benches/compare.sh`; results in BENCHMARKS.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use sfam_studio::metrics::{CrossAuc, DomainScores, SortedScores, auc};
+use std::hint::black_box;
+
+/// 10^6 scores: uniform, balanced random labels, fakes shifted by +0.1.
+fn auc_data() -> (Vec<f64>, Vec<f64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (mut real, mut fake) = (Vec::new(), Vec::new());
+    for _ in 0..1_000_000 {
+        let s: f64 = rng.random();
+        if rng.random_bool(0.5) {
+            fake.push(s + 0.1);
+        } else {
+            real.push(s);
+        }
+    }
+    (real, fake)
+}
+
+/// 8 datasets × 125 000 scores: half real ~ N(0.1·d, 1), half fake ~ N(0.1·d + 0.8, 1).
+fn cross_data() -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    (0..8u8)
+        .map(|d| {
+            let off = 0.1 * f64::from(d);
+            let real = Normal::new(off, 1.0).unwrap();
+            let fake = Normal::new(off + 0.8, 1.0).unwrap();
+            let r = (0..62_500).map(|_| real.sample(&mut rng)).collect();
+            let f = (0..62_500).map(|_| fake.sample(&mut rng)).collect();
+            (r, f)
+        })
+        .collect()
+}
+
+/// The benchmarks.
+fn benches(c: &mut Criterion) {
+    let (real, fake) = auc_data();
+    c.bench_function("auc_1e6 (unsorted input, sort included)", |b| {
+        b.iter(|| auc(black_box(&real), black_box(&fake)).unwrap());
+    });
+
+    let data = cross_data();
+    let mut g = c.benchmark_group("cross_auc_8x125k");
+    g.sample_size(20);
+    g.bench_function("from unsorted scores (sorts included)", |b| {
+        b.iter(|| {
+            let domains: Vec<DomainScores> = data
+                .par_iter()
+                .enumerate()
+                .map(|(i, (r, f))| {
+                    DomainScores::new(format!("d{i}"), r.clone(), f.clone()).unwrap()
+                })
+                .collect();
+            CrossAuc::compute(black_box(&domains))
+        });
+    });
+    let sorted: Vec<DomainScores> = data
+        .iter()
+        .enumerate()
+        .map(|(i, (r, f))| DomainScores {
+            name: format!("d{i}"),
+            real: SortedScores::new(r.clone()).unwrap(),
+            fake: SortedScores::new(f.clone()).unwrap(),
+        })
+        .collect();
+    g.bench_function("64 cells from sorted scores (merge only)", |b| {
+        b.iter(|| CrossAuc::compute(black_box(&sorted)));
+    });
+    g.finish();
+}
+
+criterion_group!(metrics, benches);
+criterion_main!(metrics);

@@ -1,0 +1,379 @@
+//! `sfam cross-auc`: the Cross-AUC matrix and per-dataset metrics of a
+//! score table.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use comfy_table::{CellAlignment, Table, presets};
+use serde_json::{Value, json};
+use sfam_studio::data::scores::read_scores;
+use sfam_studio::metrics::{Evaluation, EvaluationOptions, ThresholdRule, VideoAgg};
+
+use super::{Format, emit, fmt_opt};
+
+/// Arguments of `sfam cross-auc`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Score table: CSV (`path,dataset,label,score[,video]`) or JSON.
+    #[arg(value_name = "SCORES")]
+    pub scores: PathBuf,
+    /// Aggregate frame scores per video (the `video` column) before any
+    /// metric: `mean` or `max` of the frames. Rows without a video stay
+    /// single faces.
+    #[arg(long, value_name = "AGG", value_parser = parse_agg)]
+    pub video_agg: Option<VideoAgg>,
+    /// Output format: `table` (human), `csv` (the matrix only) or `json`
+    /// (matrix, summaries and per-dataset metrics).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Threshold transfer: choose a threshold on each dataset and apply it
+    /// to every other one. RULE is `eer` (each source's EER threshold),
+    /// `fpr=X` (lowest threshold with false-positive rate <= X on the
+    /// source's reals) or `fixed=T`.
+    #[arg(long, value_name = "RULE", value_parser = parse_rule)]
+    pub transfer: Option<ThresholdRule>,
+    /// Bootstrap confidence intervals of each dataset's AUC with this many
+    /// resamples (reals and fakes resampled separately). 0 = off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bootstrap: usize,
+    /// Confidence level of the bootstrap intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+    /// Seed of the bootstrap: the same seed gives the same intervals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bins of the expected calibration error (computed only when every
+    /// score lies in [0, 1]). 0 = off.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub bins: usize,
+    /// Write the output to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_agg(s: &str) -> Result<VideoAgg, String> {
+    s.parse()
+}
+
+fn parse_rule(s: &str) -> Result<ThresholdRule, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    if lower == "eer" {
+        return Ok(ThresholdRule::Eer);
+    }
+    let (name, value) = lower
+        .split_once(['=', ':'])
+        .ok_or_else(|| format!("unknown rule {s:?} (expected eer, fpr=X or fixed=T)"))?;
+    let x: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    match name.trim() {
+        "fpr" if (0.0..=1.0).contains(&x) => Ok(ThresholdRule::Fpr(x)),
+        "fpr" => Err(format!("target false-positive rate {x} is outside [0, 1]")),
+        "fixed" if x.is_finite() => Ok(ThresholdRule::Fixed(x)),
+        _ => Err(format!(
+            "unknown rule {s:?} (expected eer, fpr=X or fixed=T)"
+        )),
+    }
+}
+
+/// Runs `sfam cross-auc`.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let records = read_scores(&args.scores)?;
+    let options = EvaluationOptions {
+        video_agg: args.video_agg,
+        transfer: args.transfer,
+        bootstrap: (args.bootstrap > 0).then_some((args.bootstrap, args.level, args.seed)),
+        calibration_bins: (args.bins > 0).then_some(args.bins),
+    };
+    let eval = Evaluation::from_records(&records, &options)
+        .with_context(|| format!("cannot evaluate {}", args.scores.display()))?;
+    let text = match args.format {
+        Format::Table => table(&eval, args),
+        Format::Csv => matrix_csv(&eval)?,
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&to_json(&eval, args))?;
+            s.push('\n');
+            s
+        }
+    };
+    emit(&text, args.out.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The matrix as CSV: header `real\fake,<names>`, one row per dataset of
+/// real faces, empty cells where undefined.
+fn matrix_csv(eval: &Evaluation) -> Result<String> {
+    let c = &eval.cross_auc;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["real\\fake".to_owned()];
+    header.extend(c.datasets.iter().cloned());
+    w.write_record(&header)?;
+    for (name, row) in c.datasets.iter().zip(&c.matrix) {
+        let mut rec = vec![name.clone()];
+        rec.extend(
+            row.iter()
+                .map(|cell| cell.value().map_or(String::new(), |v| v.to_string())),
+        );
+        w.write_record(&rec)?;
+    }
+    match String::from_utf8(w.into_inner()?) {
+        Ok(s) => Ok(s),
+        Err(_) => bail!("dataset names are not valid UTF-8"),
+    }
+}
+
+fn to_json(eval: &Evaluation, args: &Args) -> Value {
+    let c = &eval.cross_auc;
+    let name = |i: usize| c.datasets[i].clone();
+    let s = &c.summary;
+    let mut per = serde_json::Map::new();
+    for d in &eval.per_dataset {
+        per.insert(
+            d.name.clone(),
+            json!({
+                "auc": d.auc,
+                "eer": d.eer.map(|e| e.eer),
+                "eer_threshold": d.eer.map(|e| e.threshold),
+                "ap": d.ap,
+                "n_real": d.n_real,
+                "n_fake": d.n_fake,
+                "auc_ci": d.auc_ci.map(|ci| json!({"low": ci.low, "high": ci.high, "level": ci.level, "resamples": ci.resamples, "seed": ci.seed})),
+                "ece": d.calibration.as_ref().map(|k| k.ece),
+                "undefined": d.undefined,
+            }),
+        );
+    }
+    let mut undefined = Vec::new();
+    for i in 0..c.datasets.len() {
+        for j in 0..c.datasets.len() {
+            if let Some(reason) = c.undefined_reason(i, j) {
+                undefined.push(json!({"real": name(i), "fake": name(j), "reason": reason}));
+            }
+        }
+    }
+    let mut out = json!({
+        "scores": args.scores.display().to_string(),
+        "video_agg": eval.video_agg,
+        "n_records": eval.n_records,
+        "datasets": c.datasets,
+        "matrix": c.matrix,
+        "summary": {
+            "mean_off_diagonal": s.mean_off_diagonal,
+            "mean_diagonal": s.mean_diagonal,
+            "gap": s.gap,
+            "worst": s.worst.as_ref().map(|w| json!({"real": name(w.real), "fake": name(w.fake), "auc": w.auc})),
+            "pair_means": s.pair_means.iter().map(|p| json!({"a": name(p.a), "b": name(p.b), "mean": p.mean})).collect::<Vec<_>>(),
+            "defined_cells": s.defined_cells,
+            "undefined_cells": s.undefined_cells,
+        },
+        "undefined_cells": undefined,
+        "per_dataset": per,
+    });
+    if let Some(rule) = args.transfer {
+        out["transfer"] = json!({
+            "rule": rule,
+            "cells": eval.transfer.iter().map(|t| json!({
+                "source": name(t.source),
+                "target": name(t.target),
+                "threshold": t.transfer.map(|x| x.source.threshold),
+                "source_rates": t.transfer.map(|x| x.source),
+                "target_rates": t.transfer.map(|x| x.target),
+                "undefined": t.undefined,
+            })).collect::<Vec<_>>(),
+        });
+    }
+    out
+}
+
+fn new_table(header: Vec<String>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::ASCII_MARKDOWN).set_header(header);
+    t
+}
+
+fn align_numbers(t: &mut Table, from: usize) {
+    let n = t.column_count();
+    for i in from..n {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // one linear report
+fn table(eval: &Evaluation, args: &Args) -> String {
+    let c = &eval.cross_auc;
+    let s = &c.summary;
+    let mut out = String::new();
+    let unit = if eval.video_agg.is_some() {
+        "videos"
+    } else {
+        "faces"
+    };
+    let _ = writeln!(
+        out,
+        "{}: {} datasets, {} {unit}{}\n",
+        args.scores.display(),
+        c.datasets.len(),
+        eval.n_records,
+        eval.video_agg
+            .map(|a| format!(" (frame scores aggregated per video: {a})"))
+            .unwrap_or_default()
+    );
+
+    let _ = writeln!(
+        out,
+        "Cross-AUC matrix (rows: real faces of; columns: fake faces of)\n"
+    );
+    let mut header = vec!["real \\ fake".to_owned()];
+    header.extend(c.datasets.iter().cloned());
+    let mut t = new_table(header);
+    for (name, row) in c.datasets.iter().zip(&c.matrix) {
+        let mut cells = vec![name.clone()];
+        cells.extend(row.iter().map(|cell| fmt_opt(cell.value())));
+        t.add_row(cells);
+    }
+    align_numbers(&mut t, 1);
+    let _ = writeln!(out, "{t}\n");
+
+    let name = |i: usize| c.datasets[i].as_str();
+    let _ = writeln!(out, "Summary");
+    let _ = writeln!(
+        out,
+        "  mean off-diagonal (Cross-AUC)  {}",
+        fmt_opt(s.mean_off_diagonal)
+    );
+    let _ = writeln!(
+        out,
+        "  mean diagonal                  {}",
+        fmt_opt(s.mean_diagonal)
+    );
+    let _ = writeln!(out, "  gap (diagonal - off-diagonal)  {}", fmt_opt(s.gap));
+    match &s.worst {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "  worst cell                     {:.4}  (real faces of {}, fake faces of {})",
+                w.auc,
+                name(w.real),
+                name(w.fake)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  worst cell                     -");
+        }
+    }
+    for p in &s.pair_means {
+        let _ = writeln!(
+            out,
+            "  pair mean {} <-> {}: {}",
+            name(p.a),
+            name(p.b),
+            fmt_opt(p.mean)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  cells: {} defined, {} undefined",
+        s.defined_cells, s.undefined_cells
+    );
+    for i in 0..c.datasets.len() {
+        for j in 0..c.datasets.len() {
+            if let Some(reason) = c.undefined_reason(i, j) {
+                let _ = writeln!(out, "  undefined [{}][{}]: {reason}", name(i), name(j));
+            }
+        }
+    }
+
+    let ci = eval.per_dataset.iter().any(|d| d.auc_ci.is_some());
+    let ece = eval.per_dataset.iter().any(|d| d.calibration.is_some());
+    let _ = writeln!(
+        out,
+        "\nPer dataset (its own real faces against its own fake faces)\n"
+    );
+    let mut header: Vec<String> = ["dataset", "real", "fake", "AUC"]
+        .map(String::from)
+        .to_vec();
+    if ci {
+        header.push(format!("AUC {:.0}% CI", args.level * 100.0));
+    }
+    header.extend(["EER", "EER threshold", "AP"].map(String::from));
+    if ece {
+        header.push("ECE".into());
+    }
+    let mut t = new_table(header);
+    for d in &eval.per_dataset {
+        let mut row = vec![
+            d.name.clone(),
+            d.n_real.to_string(),
+            d.n_fake.to_string(),
+            fmt_opt(d.auc),
+        ];
+        if ci {
+            row.push(
+                d.auc_ci
+                    .map_or_else(|| "-".into(), |c| format!("{:.4} - {:.4}", c.low, c.high)),
+            );
+        }
+        row.push(fmt_opt(d.eer.map(|e| e.eer)));
+        row.push(
+            d.eer
+                .map_or_else(|| "-".into(), |e| format!("{:.6}", e.threshold)),
+        );
+        row.push(fmt_opt(d.ap));
+        if ece {
+            row.push(fmt_opt(d.calibration.as_ref().map(|k| k.ece)));
+        }
+        t.add_row(row);
+    }
+    align_numbers(&mut t, 1);
+    let _ = writeln!(out, "{t}");
+
+    if let Some(rule) = args.transfer {
+        let _ = writeln!(
+            out,
+            "\nThreshold transfer (threshold chosen on the source at {rule}, applied to the target)\n"
+        );
+        let header = [
+            "source",
+            "target",
+            "threshold",
+            "TPR",
+            "FPR",
+            "accuracy",
+            "balanced acc.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut t = new_table(header);
+        for cell in &eval.transfer {
+            let (src, dst) = (name(cell.source), name(cell.target));
+            match cell.transfer {
+                Some(x) => t.add_row(vec![
+                    src.to_owned(),
+                    dst.to_owned(),
+                    format!("{:.6}", x.target.threshold),
+                    fmt_opt(x.target.tpr),
+                    fmt_opt(x.target.fpr),
+                    fmt_opt(x.target.accuracy),
+                    fmt_opt(x.target.balanced_accuracy),
+                ]),
+                None => t.add_row(vec![
+                    src.to_owned(),
+                    dst.to_owned(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+            };
+        }
+        align_numbers(&mut t, 2);
+        let _ = writeln!(out, "{t}");
+    }
+    out
+}

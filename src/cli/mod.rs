@@ -1,0 +1,112 @@
+//! The command line (clap): parses arguments, calls the library, prints.
+//! Errors are reported once, here, with the file they concern.
+
+mod cross_auc;
+mod datasets;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// SFAM Studio: face-forgery inspection and cross-domain evaluation.
+///
+/// Scores from the SFAM detector — or from any other detector, as a CSV or
+/// JSON score table — are compared across datasets with the Cross-AUC
+/// matrix: real faces of one dataset against fake faces of another.
+#[derive(Debug, Parser)]
+#[command(name = "sfam", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do. Without a subcommand, `sfam` opens the desktop app.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cross-AUC matrix and per-dataset metrics of a score table.
+    ///
+    /// SCORES is a CSV file with header `path,dataset,label,score[,video]`
+    /// (labels real/fake or 0/1; higher score = more likely fake) or a JSON
+    /// array of records with the same fields — the output of `sfam score`
+    /// or of any other detector.
+    ///
+    /// Cell [i][j] of the matrix is the AUC of the real faces of dataset i
+    /// (rows) against the fake faces of dataset j (columns). The diagonal
+    /// is the usual within-dataset AUC; a detector whose scores shift with
+    /// the domain keeps a good diagonal and collapses off it. Cells lacking
+    /// real or fake faces are undefined and shown as `-` (null in JSON).
+    #[command(name = "cross-auc")]
+    CrossAuc(cross_auc::Args),
+    /// Find datasets of real and fake faces under folders or manifests.
+    ///
+    /// Layouts: ROOT/<dataset>/{real,fake}/** (also Real/Fake,
+    /// original/manipulated, 0_real/1_fake); a ROOT that is itself one
+    /// dataset; a CSV manifest `path,label[,dataset][,video]`; a
+    /// DeepfakeBench dataset JSON. Images in subfolders of a label folder
+    /// belong to the video named by that subfolder.
+    Datasets(datasets::Args),
+}
+
+/// Output formats of the table-producing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable tables.
+    Table,
+    /// CSV (the matrix, for spreadsheets).
+    Csv,
+    /// One JSON object.
+    Json,
+}
+
+/// Runs the command line; the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => {
+            eprintln!(
+                "The SFAM Studio desktop app is not part of this build yet; \
+                 use a subcommand (see `sfam --help`)."
+            );
+            return ExitCode::from(2);
+        }
+        Some(Command::CrossAuc(args)) => cross_auc::run(&args),
+        Some(Command::Datasets(args)) => datasets::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to `out` atomically, or to stdout when `out` is `None`.
+fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match out {
+        Some(path) => {
+            sfam_studio::data::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth reporting.
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("cannot write to standard output"),
+            }
+        }
+    }
+}
+
+/// A number with 4 decimals, or `-` when undefined.
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"))
+}

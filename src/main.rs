@@ -1,0 +1,10 @@
+//! `sfam`: the SFAM Studio command line. With no arguments it will open the
+//! desktop app; subcommands do the same work headless.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}
