@@ -2,6 +2,9 @@
 //! scikit-learn baseline, same data shapes). Run both with
 //! `benches/compare.sh`; results in BENCHMARKS.md.
 
+// A failed unwrap is a failed benchmark setup.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

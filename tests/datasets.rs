@@ -3,6 +3,9 @@
 //! unreadable and hidden files, empty folders) and, when present, on the
 //! real data in `../shared/data`.
 
+// Tests compare exact values on purpose and may unwrap: a panic is a failed test.
+#![allow(clippy::float_cmp, clippy::many_single_char_names, clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -1,6 +1,9 @@
 //! The metrics agree with scikit-learn to 1e-12 on the fixtures written by
 //! `tests/fixtures/metrics/generate.py` (scikit-learn 1.9.1).
 
+// Tests compare exact values on purpose and may unwrap: a panic is a failed test.
+#![allow(clippy::float_cmp, clippy::many_single_char_names, clippy::unwrap_used)]
+
 use serde::Deserialize;
 use sfam_studio::metrics::{RocCurve, SortedScores, auc_sorted, average_precision, roc_curve};
 

@@ -43,7 +43,7 @@ pub enum Command {
     /// Find datasets of real and fake faces under folders or manifests.
     ///
     /// Layouts: ROOT/<dataset>/{real,fake}/** (also Real/Fake,
-    /// original/manipulated, 0_real/1_fake); a ROOT that is itself one
+    /// original/manipulated, `0_real`/`1_fake`); a ROOT that is itself one
     /// dataset; a CSV manifest `path,label[,dataset][,video]`; a
     /// DeepfakeBench dataset JSON. Images in subfolders of a label folder
     /// belong to the video named by that subfolder.
@@ -87,22 +87,18 @@ pub fn main() -> ExitCode {
 /// Writes `text` to `out` atomically, or to stdout when `out` is `None`.
 fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
     use anyhow::Context;
-    match out {
-        Some(path) => {
-            sfam_studio::data::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
-                .with_context(|| format!("cannot write {}", path.display()))
-        }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth reporting.
-            match stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                other => other.context("cannot write to standard output"),
-            }
-        }
+    if let Some(path) = out {
+        return sfam_studio::data::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
     }
 }
 

@@ -957,6 +957,8 @@ fn serialize_paths<S: Serializer>(paths: &[PathBuf], serializer: S) -> Result<S:
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
 

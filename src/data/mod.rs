@@ -78,6 +78,8 @@ pub fn is_image_path(path: &Path) -> bool {
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
 

@@ -113,35 +113,24 @@ pub fn auc(real: &[f64], fake: &[f64]) -> Result<f64, Undefined> {
 /// `_binary_clf_curve`.
 fn descending_counts(real: &[f64], fake: &[f64]) -> Vec<(f64, u64, u64)> {
     let mut out = Vec::new();
-    let (mut i, mut j) = (real.len(), fake.len());
+    // Scores not yet consumed: real[..nr] and fake[..nf].
+    let (mut nr, mut nf) = (real.len(), fake.len());
     let (mut fps, mut tps) = (0u64, 0u64);
-    while i > 0 || j > 0 {
-        let r = if i > 0 {
-            real[i - 1]
-        } else {
-            f64::NEG_INFINITY
+    while nr > 0 || nf > 0 {
+        let threshold = match (nr, nf) {
+            (0, _) => fake[nf - 1],
+            (_, 0) => real[nr - 1],
+            _ => real[nr - 1].max(fake[nf - 1]),
         };
-        let f = if j > 0 {
-            fake[j - 1]
-        } else {
-            f64::NEG_INFINITY
-        };
-        let t = if i == 0 {
-            f
-        } else if j == 0 {
-            r
-        } else {
-            r.max(f)
-        };
-        while i > 0 && real[i - 1] >= t {
-            i -= 1;
+        while nr > 0 && real[nr - 1] >= threshold {
+            nr -= 1;
             fps += 1;
         }
-        while j > 0 && fake[j - 1] >= t {
-            j -= 1;
+        while nf > 0 && fake[nf - 1] >= threshold {
+            nf -= 1;
             tps += 1;
         }
-        out.push((t, tps, fps));
+        out.push((threshold, tps, fps));
     }
     out
 }
@@ -239,6 +228,8 @@ pub fn average_precision(real: &SortedScores, fake: &SortedScores) -> Result<f64
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
 

@@ -208,6 +208,8 @@ fn summarize(m: &[Vec<Cell>]) -> CrossAucSummary {
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
     use crate::metrics::auc;

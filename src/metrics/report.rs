@@ -160,10 +160,10 @@ fn check_options(o: &EvaluationOptions) -> Result<(), Undefined> {
     if o.calibration_bins == Some(0) {
         return bad("calibration needs at least one bin".into());
     }
-    if let Some(ThresholdRule::Fpr(t)) = o.transfer {
-        if !(0.0..=1.0).contains(&t) {
-            return bad(format!("target false-positive rate {t} is outside [0, 1]"));
-        }
+    if let Some(ThresholdRule::Fpr(t)) = o.transfer
+        && !(0.0..=1.0).contains(&t)
+    {
+        return bad(format!("target false-positive rate {t} is outside [0, 1]"));
     }
     Ok(())
 }
@@ -214,6 +214,8 @@ fn transfer_table(domains: &[DomainScores], rule: ThresholdRule) -> Vec<Transfer
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
 

@@ -86,6 +86,8 @@ pub fn aggregate_videos(records: &[ScoreRecord], agg: VideoAgg) -> Vec<ScoreReco
 }
 
 #[cfg(test)]
+// Tests compare exact values on purpose (the metrics are exact).
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
     use super::*;
     use crate::data::Label;
