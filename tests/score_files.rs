@@ -3,8 +3,13 @@
 //! sniffing and I/O errors.
 
 // Tests compare exact values on purpose and may unwrap: a panic is a failed test.
-#![allow(clippy::float_cmp, clippy::many_single_char_names, clippy::unwrap_used)]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::float_cmp,
+    clippy::many_single_char_names,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::path::{Path, PathBuf};
 
