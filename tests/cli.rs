@@ -103,7 +103,7 @@ fn cross_auc_table_shows_matrix_summaries_and_transfer() {
         "| A           | 0.8889 | 1.0000 | 0.4167 |",
         "mean off-diagonal (Cross-AUC)  0.4792",
         "worst cell                     0.0000  (real faces of B, fake faces of SD)",
-        "undefined [SD][A]: SD has no real faces",
+        "undefined: SD has no real faces (3 cells)",
         "AUC 95% CI",
         "Threshold transfer",
     ] {

@@ -280,12 +280,21 @@ fn table(eval: &Evaluation, args: &Args) -> String {
         "  cells: {} defined, {} undefined",
         s.defined_cells, s.undefined_cells
     );
+    // One line per distinct reason (a dataset without reals blanks a whole row).
+    let mut reasons: Vec<(String, usize)> = Vec::new();
     for i in 0..c.datasets.len() {
         for j in 0..c.datasets.len() {
             if let Some(reason) = c.undefined_reason(i, j) {
-                let _ = writeln!(out, "  undefined [{}][{}]: {reason}", name(i), name(j));
+                match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => reasons.push((reason, 1)),
+                }
             }
         }
+    }
+    for (reason, n) in reasons {
+        let cells = if n == 1 { "cell" } else { "cells" };
+        let _ = writeln!(out, "  undefined: {reason} ({n} {cells})");
     }
 
     let ci = eval.per_dataset.iter().any(|d| d.auc_ci.is_some());
