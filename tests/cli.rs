@@ -183,9 +183,15 @@ fn every_subcommand_explains_itself() {
         assert!(o.status.success());
         assert!(stdout(&o).len() > 400, "{cmd} --help is too short");
     }
-    let o = sfam(&[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("sfam --help"));
+    // No subcommand opens the app; without a display that fails cleanly.
+    let o = Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("WAYLAND_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot open the app window"), "{}", stderr(&o));
 }
 
 #[test]

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use comfy_table::{CellAlignment, Table, presets};
-use serde_json::{Value, json};
 use sfam_studio::data::scores::read_scores;
-use sfam_studio::metrics::{Evaluation, EvaluationOptions, ThresholdRule, VideoAgg};
+use sfam_studio::metrics::{
+    Evaluation, EvaluationOptions, ThresholdRule, VideoAgg, evaluation_json, matrix_csv,
+};
 
 use super::{Format, emit, fmt_opt};
 
@@ -92,100 +93,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("cannot evaluate {}", args.scores.display()))?;
     let text = match args.format {
         Format::Table => table(&eval, args),
-        Format::Csv => matrix_csv(&eval)?,
+        Format::Csv => matrix_csv(&eval.cross_auc)?,
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(&to_json(&eval, args))?;
+            let mut s = serde_json::to_string_pretty(&evaluation_json(
+                &eval,
+                &args.scores.display().to_string(),
+            ))?;
             s.push('\n');
             s
         }
     };
     emit(&text, args.out.as_deref())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The matrix as CSV: header `real\fake,<names>`, one row per dataset of
-/// real faces, empty cells where undefined.
-fn matrix_csv(eval: &Evaluation) -> Result<String> {
-    let c = &eval.cross_auc;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["real\\fake".to_owned()];
-    header.extend(c.datasets.iter().cloned());
-    w.write_record(&header)?;
-    for (name, row) in c.datasets.iter().zip(&c.matrix) {
-        let mut rec = vec![name.clone()];
-        rec.extend(
-            row.iter()
-                .map(|cell| cell.value().map_or(String::new(), |v| v.to_string())),
-        );
-        w.write_record(&rec)?;
-    }
-    match String::from_utf8(w.into_inner()?) {
-        Ok(s) => Ok(s),
-        Err(_) => bail!("dataset names are not valid UTF-8"),
-    }
-}
-
-fn to_json(eval: &Evaluation, args: &Args) -> Value {
-    let c = &eval.cross_auc;
-    let name = |i: usize| c.datasets[i].clone();
-    let s = &c.summary;
-    let mut per = serde_json::Map::new();
-    for d in &eval.per_dataset {
-        per.insert(
-            d.name.clone(),
-            json!({
-                "auc": d.auc,
-                "eer": d.eer.map(|e| e.eer),
-                "eer_threshold": d.eer.map(|e| e.threshold),
-                "ap": d.ap,
-                "n_real": d.n_real,
-                "n_fake": d.n_fake,
-                "auc_ci": d.auc_ci.map(|ci| json!({"low": ci.low, "high": ci.high, "level": ci.level, "resamples": ci.resamples, "seed": ci.seed})),
-                "ece": d.calibration.as_ref().map(|k| k.ece),
-                "undefined": d.undefined,
-            }),
-        );
-    }
-    let mut undefined = Vec::new();
-    for i in 0..c.datasets.len() {
-        for j in 0..c.datasets.len() {
-            if let Some(reason) = c.undefined_reason(i, j) {
-                undefined.push(json!({"real": name(i), "fake": name(j), "reason": reason}));
-            }
-        }
-    }
-    let mut out = json!({
-        "scores": args.scores.display().to_string(),
-        "video_agg": eval.video_agg,
-        "n_records": eval.n_records,
-        "datasets": c.datasets,
-        "matrix": c.matrix,
-        "summary": {
-            "mean_off_diagonal": s.mean_off_diagonal,
-            "mean_diagonal": s.mean_diagonal,
-            "gap": s.gap,
-            "worst": s.worst.as_ref().map(|w| json!({"real": name(w.real), "fake": name(w.fake), "auc": w.auc})),
-            "pair_means": s.pair_means.iter().map(|p| json!({"a": name(p.a), "b": name(p.b), "mean": p.mean})).collect::<Vec<_>>(),
-            "defined_cells": s.defined_cells,
-            "undefined_cells": s.undefined_cells,
-        },
-        "undefined_cells": undefined,
-        "per_dataset": per,
-    });
-    if let Some(rule) = args.transfer {
-        out["transfer"] = json!({
-            "rule": rule,
-            "cells": eval.transfer.iter().map(|t| json!({
-                "source": name(t.source),
-                "target": name(t.target),
-                "threshold": t.transfer.map(|x| x.source.threshold),
-                "source_rates": t.transfer.map(|x| x.source),
-                "target_rates": t.transfer.map(|x| x.target),
-                "undefined": t.undefined,
-            })).collect::<Vec<_>>(),
-        });
-    }
-    out
 }
 
 fn new_table(header: Vec<String>) -> Table {

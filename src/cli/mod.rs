@@ -5,7 +5,7 @@ mod cross_auc;
 mod datasets;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,6 +21,10 @@ pub struct Cli {
     /// What to do. Without a subcommand, `sfam` opens the desktop app.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no subcommand: open these in the app at start (score tables
+    /// `.csv`/`.json`, or dataset folders).
+    #[arg(long, value_name = "PATH")]
+    pub open: Vec<PathBuf>,
 }
 
 /// The subcommands.
@@ -65,13 +69,7 @@ pub enum Format {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => {
-            eprintln!(
-                "The SFAM Studio desktop app is not part of this build yet; \
-                 use a subcommand (see `sfam --help`)."
-            );
-            return ExitCode::from(2);
-        }
+        None => crate::app::run(cli.open).map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
     };

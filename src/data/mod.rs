@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod datasets;
+pub mod image;
 pub mod scores;
 
 use std::fmt;

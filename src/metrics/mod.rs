@@ -12,6 +12,7 @@ mod auc;
 mod bootstrap;
 mod calibration;
 mod cross_auc;
+mod export;
 mod report;
 mod threshold;
 mod video;
@@ -20,7 +21,10 @@ pub use auc::{RocCurve, SortedScores, auc, auc_sorted, average_precision, roc_cu
 pub use bootstrap::{AucInterval, bootstrap_auc};
 pub use calibration::{Calibration, ReliabilityBin, calibration};
 pub use cross_auc::{Cell, CrossAuc, CrossAucSummary, DomainScores, PairMean, WorstCell};
-pub use report::{DatasetReport, Evaluation, EvaluationOptions, TransferCell, group_by_dataset};
+pub use export::{evaluation_json, matrix_csv};
+pub use report::{
+    DatasetReport, Evaluation, EvaluationOptions, TransferCell, group_by_dataset, transfer_table,
+};
 pub use threshold::{Eer, Rates, ThresholdRule, Transfer, eer, rates_at, threshold_for, transfer};
 pub use video::{VideoAgg, aggregate_videos};
 

@@ -72,6 +72,8 @@ pub struct Evaluation {
     pub per_dataset: Vec<DatasetReport>,
     /// The Cross-AUC matrix.
     pub cross_auc: CrossAuc,
+    /// The rule of the threshold-transfer table, if one was asked for.
+    pub transfer_rule: Option<ThresholdRule>,
     /// Threshold transfer, `source × target`, row-major; empty unless asked for.
     pub transfer: Vec<TransferCell>,
     /// The sorted scores behind the figures, for plots.
@@ -141,6 +143,7 @@ impl Evaluation {
             n_records: records.len(),
             per_dataset,
             cross_auc: CrossAuc::compute(&domains),
+            transfer_rule: options.transfer,
             transfer,
             domains,
         })
@@ -197,7 +200,9 @@ fn dataset_report(d: &DomainScores, o: &EvaluationOptions) -> Result<DatasetRepo
     })
 }
 
-fn transfer_table(domains: &[DomainScores], rule: ThresholdRule) -> Vec<TransferCell> {
+/// The threshold-transfer table, `source × target`, row-major.
+#[must_use]
+pub fn transfer_table(domains: &[DomainScores], rule: ThresholdRule) -> Vec<TransferCell> {
     let mut out = Vec::with_capacity(domains.len() * domains.len());
     for (i, s) in domains.iter().enumerate() {
         for (j, t) in domains.iter().enumerate() {

@@ -1,0 +1,644 @@
+//! The researchers' view: a score table (any detector's) or discovered
+//! dataset folders -> per-dataset histograms and ROC curves, the Cross-AUC
+//! matrix as a coloured grid (hover: counts; click: the two distributions
+//! the cell contrasts and its ROC), threshold transfer, exports.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use egui::{Color32, RichText, Ui};
+use egui_plot::{BarChart, Legend, Line, Plot, PlotPoints, VLine};
+use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
+use sfam_studio::data::scores::read_scores;
+use sfam_studio::metrics::{
+    Evaluation, EvaluationOptions, RocCurve, ThresholdRule, TransferCell, VideoAgg, rates_at,
+    roc_curve, transfer_table,
+};
+
+use super::jobs::{Ctx, Job};
+use super::plots::{Histogram, auc_color, score_range};
+
+/// Most points drawn per ROC curve (the curve is monotone: evenly spaced
+/// points keep its shape).
+const ROC_POINTS: usize = 2000;
+
+/// An evaluation with everything the plots need, computed off the UI thread.
+pub struct Loaded {
+    /// The score table it came from.
+    pub source: PathBuf,
+    /// The evaluation.
+    pub eval: Evaluation,
+    /// Shared score range of the histograms.
+    pub range: (f64, f64),
+    /// Per dataset: real and fake histograms.
+    pub hists: Vec<(Histogram, Histogram)>,
+    /// Per dataset: its ROC curve (display points), if defined.
+    pub rocs: Vec<Option<Vec<[f64; 2]>>>,
+}
+
+/// Thins a ROC curve to at most [`ROC_POINTS`] points, keeping both ends.
+fn roc_points(roc: &RocCurve) -> Vec<[f64; 2]> {
+    let n = roc.fpr.len();
+    let step = n.div_ceil(ROC_POINTS).max(1);
+    let mut pts: Vec<[f64; 2]> = (0..n)
+        .step_by(step)
+        .map(|k| [roc.fpr[k], roc.tpr[k]])
+        .collect();
+    if !(n - 1).is_multiple_of(step) {
+        pts.push([roc.fpr[n - 1], roc.tpr[n - 1]]);
+    }
+    pts
+}
+
+/// Reads and evaluates a score table (runs on a worker thread).
+///
+/// # Errors
+/// A message naming the file when it cannot be read or evaluated.
+pub fn load_scores(
+    path: &Path,
+    video_agg: Option<VideoAgg>,
+    ctx: &Ctx<Result<Loaded, String>>,
+) -> Result<Loaded, String> {
+    ctx.progress(0.1, format!("reading {}", path.display()));
+    let records = read_scores(path).map_err(|e| e.to_string())?;
+    if ctx.cancelled() {
+        return Err("cancelled".into());
+    }
+    ctx.progress(0.5, format!("evaluating {} scores", records.len()));
+    let options = EvaluationOptions {
+        video_agg,
+        calibration_bins: Some(10),
+        ..EvaluationOptions::default()
+    };
+    let eval = Evaluation::from_records(&records, &options)
+        .map_err(|e| format!("cannot evaluate {}: {e}", path.display()))?;
+    ctx.progress(0.8, "preparing plots");
+    let range = score_range(eval.domains.iter().flat_map(|d| [&d.real, &d.fake]));
+    let hists = eval
+        .domains
+        .iter()
+        .map(|d| {
+            (
+                Histogram::new(&d.real, range.0, range.1),
+                Histogram::new(&d.fake, range.0, range.1),
+            )
+        })
+        .collect();
+    let rocs = eval
+        .domains
+        .iter()
+        .map(|d| {
+            roc_curve(&d.real, &d.fake, true)
+                .ok()
+                .map(|r| roc_points(&r))
+        })
+        .collect();
+    Ok(Loaded {
+        source: path.to_path_buf(),
+        eval,
+        range,
+        hists,
+        rocs,
+    })
+}
+
+/// The selected matrix cell, with its plots.
+pub struct CellDetail {
+    /// Row: the dataset of the real faces.
+    pub real: usize,
+    /// Column: the dataset of the fake faces.
+    pub fake: usize,
+    /// Histograms of the two sides.
+    pub hists: (Histogram, Histogram),
+    /// The cell's ROC, if defined.
+    pub roc: Option<Vec<[f64; 2]>>,
+}
+
+/// How the transfer table chooses its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RuleChoice {
+    /// At each source's EER.
+    Eer,
+    /// At a target false-positive rate on the source's reals.
+    Fpr(f64),
+}
+
+impl RuleChoice {
+    fn rule(self) -> ThresholdRule {
+        match self {
+            Self::Eer => ThresholdRule::Eer,
+            Self::Fpr(x) => ThresholdRule::Fpr(x),
+        }
+    }
+}
+
+/// What the view asks the app to do (the app owns dialogs and exports).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Pick a score file with a dialog.
+    OpenScoresDialog,
+    /// Pick a dataset folder with a dialog.
+    AddRootDialog,
+    /// Save the matrix (CSV or JSON by the chosen extension).
+    ExportMatrix,
+    /// Save a PNG of the plots on screen.
+    ExportPlotsPng,
+}
+
+/// State of the datasets view.
+pub struct DatasetsView {
+    /// The loaded evaluation.
+    pub loaded: Option<Arc<Loaded>>,
+    /// The selected cell.
+    pub detail: Option<CellDetail>,
+    /// Dataset roots added by the user.
+    pub roots: Vec<PathBuf>,
+    /// What discovery found under them.
+    pub discovery: Option<Discovery>,
+    /// Transfer rule in use, and its table.
+    pub rule: RuleChoice,
+    transfer: Option<(RuleChoice, Vec<TransferCell>)>,
+    /// Where the plots were drawn last frame (for PNG export).
+    pub plots_rect: Option<egui::Rect>,
+    /// A running score-table load.
+    pub load_job: Option<Job<Result<Loaded, String>>>,
+    /// A running discovery.
+    pub discover_job: Option<Job<Discovery>>,
+}
+
+impl Default for DatasetsView {
+    fn default() -> Self {
+        Self {
+            loaded: None,
+            detail: None,
+            roots: Vec::new(),
+            discovery: None,
+            rule: RuleChoice::Eer,
+            transfer: None,
+            plots_rect: None,
+            load_job: None,
+            discover_job: None,
+        }
+    }
+}
+
+impl DatasetsView {
+    /// Starts loading a score table in the background (replacing a
+    /// running load).
+    pub fn open_scores(
+        &mut self,
+        path: PathBuf,
+        video_agg: Option<VideoAgg>,
+        repaint: Option<egui::Context>,
+    ) -> Result<(), String> {
+        if let Some(job) = &self.load_job {
+            job.cancel();
+        }
+        let title = format!("loading {}", path.display());
+        self.load_job = Some(Job::spawn("score-table", title, repaint, move |ctx| {
+            load_scores(&path, video_agg, ctx)
+        })?);
+        Ok(())
+    }
+
+    /// Starts discovering datasets under the roots in the background.
+    pub fn add_root(
+        &mut self,
+        root: PathBuf,
+        repaint: Option<egui::Context>,
+    ) -> Result<(), String> {
+        if !self.roots.contains(&root) {
+            self.roots.push(root);
+        }
+        let roots = self.roots.clone();
+        self.discover_job = Some(Job::spawn(
+            "discover",
+            "finding datasets",
+            repaint,
+            move |_| discover(&roots, &DiscoverOptions::default()),
+        )?);
+        Ok(())
+    }
+
+    /// Drains the jobs; returns errors to show (once).
+    pub fn poll(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(job) = &mut self.load_job {
+            match job.poll() {
+                None => {}
+                Some(Ok(Ok(loaded))) => {
+                    self.loaded = Some(Arc::new(loaded));
+                    self.detail = None;
+                    self.transfer = None;
+                    self.load_job = None;
+                }
+                Some(Ok(Err(e))) => {
+                    if e != "cancelled" {
+                        errors.push(e);
+                    }
+                    self.load_job = None;
+                }
+                Some(Err(())) => {
+                    errors.push("the score-table worker stopped unexpectedly".into());
+                    self.load_job = None;
+                }
+            }
+        }
+        if let Some(job) = &mut self.discover_job {
+            match job.poll() {
+                None => {}
+                Some(Ok(found)) => {
+                    errors.extend(found.errors.iter().map(ToString::to_string));
+                    self.discovery = Some(found);
+                    self.discover_job = None;
+                }
+                Some(Err(())) => {
+                    errors.push("the discovery worker stopped unexpectedly".into());
+                    self.discover_job = None;
+                }
+            }
+        }
+        errors
+    }
+
+    /// Selects a matrix cell and computes its plots.
+    pub fn select_cell(&mut self, real: usize, fake: usize) {
+        let Some(l) = &self.loaded else { return };
+        let (Some(r), Some(f)) = (l.eval.domains.get(real), l.eval.domains.get(fake)) else {
+            return;
+        };
+        self.detail = Some(CellDetail {
+            real,
+            fake,
+            hists: (
+                Histogram::new(&r.real, l.range.0, l.range.1),
+                Histogram::new(&f.fake, l.range.0, l.range.1),
+            ),
+            roc: roc_curve(&r.real, &f.fake, true)
+                .ok()
+                .map(|c| roc_points(&c)),
+        });
+    }
+
+    fn transfer_cells(&mut self) -> Option<&[TransferCell]> {
+        let l = self.loaded.as_ref()?;
+        if self.transfer.as_ref().is_none_or(|(r, _)| *r != self.rule) {
+            self.transfer = Some((self.rule, transfer_table(&l.eval.domains, self.rule.rule())));
+        }
+        self.transfer.as_ref().map(|(_, t)| t.as_slice())
+    }
+
+    /// Draws the view; returns what the user asked for.
+    pub fn ui(&mut self, ui: &mut Ui, threshold: &mut f64) -> Vec<Request> {
+        let mut requests = Vec::new();
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("Open score file...").clicked() {
+                requests.push(Request::OpenScoresDialog);
+            }
+            if ui.button("Add dataset folder...").clicked() {
+                requests.push(Request::AddRootDialog);
+            }
+            let has = self.loaded.is_some();
+            if ui
+                .add_enabled(has, egui::Button::new("Export matrix..."))
+                .clicked()
+            {
+                requests.push(Request::ExportMatrix);
+            }
+            if ui
+                .add_enabled(has, egui::Button::new("Export plots (PNG)..."))
+                .clicked()
+            {
+                requests.push(Request::ExportPlotsPng);
+            }
+            ui.label(RichText::new("or drop a .csv/.json score file or a folder here").weak());
+        });
+        for job in [self.load_job.as_ref().map(|j| (&j.title, &j.progress))]
+            .into_iter()
+            .flatten()
+        {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.add(egui::ProgressBar::new(job.1.0).text(format!("{}: {}", job.0, job.1.1)));
+                if ui.button("Cancel").clicked()
+                    && let Some(j) = &self.load_job
+                {
+                    j.cancel();
+                }
+            });
+        }
+        self.discovery_ui(ui);
+        ui.separator();
+        let Some(loaded) = self.loaded.clone() else {
+            ui.label("No scores yet. Open a score table (CSV `path,dataset,label,score[,video]` or JSON) written by `sfam score` or by any other detector.");
+            return requests;
+        };
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            self.loaded_ui(ui, &loaded, threshold);
+        });
+        requests
+    }
+
+    fn discovery_ui(&self, ui: &mut Ui) {
+        if self.discover_job.is_some() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("finding datasets...");
+            });
+        }
+        let Some(found) = &self.discovery else { return };
+        ui.collapsing(format!("Dataset folders ({} datasets)", found.datasets.len()), |ui| {
+            egui::Grid::new("discovered").striped(true).show(ui, |ui| {
+                for h in ["dataset", "real", "fake", "source"] {
+                    ui.strong(h);
+                }
+                ui.end_row();
+                for d in &found.datasets {
+                    use sfam_studio::data::Label;
+                    ui.label(&d.name);
+                    ui.label(d.count(Label::Real).to_string());
+                    ui.label(d.count(Label::Fake).to_string());
+                    ui.label(d.source.display().to_string());
+                    ui.end_row();
+                }
+            });
+            if !found.skipped.is_empty() {
+                ui.label(format!("{} non-image files skipped", found.skipped.len()));
+            }
+            ui.label(
+                RichText::new(
+                    "Scoring folders needs the scoring engine and a model, which this build does not have yet; \
+                     score them with another detector and open its score file.",
+                )
+                .weak(),
+            );
+        });
+    }
+
+    #[allow(clippy::too_many_lines)] // one linear page of plots
+    fn loaded_ui(&mut self, ui: &mut Ui, l: &Loaded, threshold: &mut f64) {
+        let c = &l.eval.cross_auc;
+        ui.heading(format!(
+            "{} - {} datasets, {} scores",
+            l.source.display(),
+            c.datasets.len(),
+            l.eval.n_records
+        ));
+        ui.horizontal(|ui| {
+            let (lo, hi) = l.range;
+            ui.add(
+                egui::Slider::new(threshold, lo..=hi)
+                    .max_decimals(4)
+                    .text("threshold (score >= threshold: fake)"),
+            );
+        });
+
+        let top = ui.min_rect().bottom();
+        ui.columns(2, |cols| {
+            cols[0].strong("Cross-AUC (rows: real faces of; columns: fake faces of)");
+            self.matrix_ui(&mut cols[0], l);
+            let s = &c.summary;
+            cols[0].label(format!(
+                "mean off-diagonal {}   mean diagonal {}   gap {}",
+                fmt(s.mean_off_diagonal),
+                fmt(s.mean_diagonal),
+                fmt(s.gap)
+            ));
+            if let Some(w) = &s.worst {
+                cols[0].label(format!(
+                    "worst cell {:.4}: real faces of {}, fake faces of {}",
+                    w.auc, c.datasets[w.real], c.datasets[w.fake]
+                ));
+            }
+            cols[1].strong("ROC curves (each dataset: its reals against its fakes)");
+            Plot::new("roc_all")
+                .legend(Legend::default())
+                .height(260.0)
+                .view_aspect(1.3)
+                .default_x_bounds(-0.02, 1.02)
+                .default_y_bounds(-0.02, 1.02)
+                .x_axis_label("false-positive rate")
+                .y_axis_label("true-positive rate")
+                .show(&mut cols[1], |p| {
+                    for (d, roc) in c.datasets.iter().zip(&l.rocs) {
+                        if let Some(pts) = roc {
+                            p.line(Line::new(d.clone(), PlotPoints::from(pts.clone())));
+                        }
+                    }
+                });
+        });
+
+        if let Some(d) = &self.detail {
+            ui.separator();
+            let (r, f) = (&c.datasets[d.real], &c.datasets[d.fake]);
+            ui.strong(format!(
+                "Cell [{r}][{f}]: real faces of {r} against fake faces of {f} - AUC {}",
+                fmt(c.matrix[d.real][d.fake].value())
+            ));
+            ui.columns(2, |cols| {
+                hist_plot(
+                    &mut cols[0],
+                    "cell_hist",
+                    &format!("real · {r}"),
+                    &format!("fake · {f}"),
+                    &d.hists,
+                    *threshold,
+                );
+                Plot::new("cell_roc")
+                    .height(200.0)
+                    .default_x_bounds(-0.02, 1.02)
+                    .default_y_bounds(-0.02, 1.02)
+                    .x_axis_label("false-positive rate")
+                    .y_axis_label("true-positive rate")
+                    .show(&mut cols[1], |p| {
+                        if let Some(pts) = &d.roc {
+                            p.line(Line::new("ROC", PlotPoints::from(pts.clone())));
+                        }
+                    });
+            });
+        }
+
+        ui.separator();
+        ui.strong("Per dataset: score histograms (fraction of each class), real and fake overlaid");
+        let n = c.datasets.len();
+        egui::Grid::new("per_dataset").striped(true).show(ui, |ui| {
+            for h in [
+                "dataset",
+                "real",
+                "fake",
+                "AUC",
+                "EER",
+                "AP",
+                "ECE",
+                "TPR @ thr",
+                "FPR @ thr",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (k, d) in l.eval.per_dataset.iter().enumerate() {
+                let dom = &l.eval.domains[k];
+                let rates = rates_at(*threshold, &dom.real, &dom.fake);
+                ui.label(&d.name);
+                ui.label(d.n_real.to_string());
+                ui.label(d.n_fake.to_string());
+                ui.label(fmt(d.auc));
+                ui.label(fmt(d.eer.map(|e| e.eer)));
+                ui.label(fmt(d.ap));
+                ui.label(fmt(d.calibration.as_ref().map(|x| x.ece)));
+                ui.label(fmt(rates.tpr));
+                ui.label(fmt(rates.fpr));
+                ui.end_row();
+            }
+        });
+        let per_row = 3;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(per_row) {
+            ui.columns(per_row, |cols| {
+                for (col, &k) in cols.iter_mut().zip(chunk) {
+                    col.label(&c.datasets[k]);
+                    hist_plot(
+                        col,
+                        &format!("hist_{k}"),
+                        "real",
+                        "fake",
+                        &l.hists[k],
+                        *threshold,
+                    );
+                }
+            });
+        }
+
+        ui.separator();
+        ui.horizontal(|ui| {
+            ui.strong("Threshold transfer");
+            ui.radio_value(&mut self.rule, RuleChoice::Eer, "at the source's EER");
+            let mut fpr = match self.rule {
+                RuleChoice::Fpr(x) => x,
+                RuleChoice::Eer => 0.05,
+            };
+            let fpr_on = matches!(self.rule, RuleChoice::Fpr(_));
+            if ui.radio(fpr_on, "at a target FPR on the source").clicked() {
+                self.rule = RuleChoice::Fpr(fpr);
+            }
+            if fpr_on
+                && ui
+                    .add(
+                        egui::Slider::new(&mut fpr, 0.0..=0.5)
+                            .max_decimals(3)
+                            .text("target FPR"),
+                    )
+                    .changed()
+            {
+                self.rule = RuleChoice::Fpr(fpr);
+            }
+        });
+        let names = c.datasets.clone();
+        if let Some(cells) = self.transfer_cells() {
+            egui::Grid::new("transfer").striped(true).show(ui, |ui| {
+                for h in [
+                    "source -> target",
+                    "threshold",
+                    "TPR",
+                    "FPR",
+                    "accuracy",
+                    "balanced acc.",
+                ] {
+                    ui.strong(h);
+                }
+                ui.end_row();
+                for t in cells {
+                    ui.label(format!("{} -> {}", names[t.source], names[t.target]));
+                    match &t.transfer {
+                        Some(x) => {
+                            ui.label(format!("{:.4}", x.target.threshold));
+                            ui.label(fmt(x.target.tpr));
+                            ui.label(fmt(x.target.fpr));
+                            ui.label(fmt(x.target.accuracy));
+                            ui.label(fmt(x.target.balanced_accuracy));
+                        }
+                        None => {
+                            ui.label(t.undefined.clone().unwrap_or_default());
+                        }
+                    }
+                    ui.end_row();
+                }
+            });
+        }
+        let bottom = ui.min_rect().bottom();
+        self.plots_rect = Some(egui::Rect::from_x_y_ranges(
+            ui.min_rect().x_range(),
+            top..=bottom,
+        ));
+    }
+
+    fn matrix_ui(&mut self, ui: &mut Ui, l: &Loaded) {
+        let c = &l.eval.cross_auc;
+        let mut clicked = None;
+        egui::Grid::new("cross_auc_grid").spacing([2.0, 2.0]).show(ui, |ui| {
+            ui.label("real \\ fake");
+            for name in &c.datasets {
+                ui.strong(name);
+            }
+            ui.end_row();
+            for (i, row) in c.matrix.iter().enumerate() {
+                ui.strong(&c.datasets[i]);
+                for (j, cell) in row.iter().enumerate() {
+                    let (text, fill) = match cell.value() {
+                        Some(v) => (format!("{v:.3}"), auc_color(v)),
+                        None => ("n/a".to_owned(), Color32::from_gray(90)),
+                    };
+                    let selected = self.detail.as_ref().is_some_and(|d| (d.real, d.fake) == (i, j));
+                    let button = egui::Button::new(RichText::new(text).color(Color32::BLACK).monospace())
+                        .fill(fill)
+                        .selected(selected)
+                        .min_size(egui::vec2(56.0, 24.0));
+                    let dom = (&l.eval.domains[i], &l.eval.domains[j]);
+                    let hover = match c.undefined_reason(i, j) {
+                        Some(reason) => format!("undefined: {reason}"),
+                        None => format!(
+                            "{} real faces of {} against {} fake faces of {}\nclick: their score distributions and ROC",
+                            dom.0.real.len(),
+                            c.datasets[i],
+                            dom.1.fake.len(),
+                            c.datasets[j]
+                        ),
+                    };
+                    if ui.add(button).on_hover_text(hover).clicked() {
+                        clicked = Some((i, j));
+                    }
+                }
+                ui.end_row();
+            }
+        });
+        if let Some((i, j)) = clicked {
+            self.select_cell(i, j);
+        }
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"))
+}
+
+fn hist_plot(
+    ui: &mut Ui,
+    id: &str,
+    real_name: &str,
+    fake_name: &str,
+    h: &(Histogram, Histogram),
+    threshold: f64,
+) {
+    Plot::new(id.to_owned())
+        .legend(Legend::default())
+        .height(160.0)
+        .allow_scroll(false)
+        .show(ui, |p| {
+            p.bar_chart(
+                BarChart::new(real_name, h.0.bars(-0.25)).color(Color32::from_rgb(60, 140, 220)),
+            );
+            p.bar_chart(
+                BarChart::new(fake_name, h.1.bars(0.25)).color(Color32::from_rgb(230, 110, 60)),
+            );
+            p.vline(VLine::new("threshold", threshold).color(Color32::from_gray(200)));
+        });
+}

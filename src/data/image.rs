@@ -1,0 +1,199 @@
+//! Image decoding with limits: a file a user points at either becomes an
+//! RGB image the right way up, or a clear error naming it.
+//!
+//! Limits are on by default (a PNG whose header claims 100000×100000
+//! pixels is refused before any allocation), the format is sniffed from
+//! the content (a `.jpg` that is really a PNG still decodes), and the EXIF
+//! orientation of camera photos is applied. Grayscale, 16-bit, CMYK and
+//! alpha images are converted to 8-bit RGB.
+
+use std::io::{BufReader, Cursor};
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+
+/// Largest accepted width or height, in pixels.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest accepted decoding allocation, in bytes.
+pub const MAX_ALLOC_BYTES: u64 = 1 << 30;
+
+/// Why an image could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file could not be opened or read.
+    #[error("cannot read image ({source}): {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The content is not an image format this build decodes.
+    #[error("not a supported image ({message}): {}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The image is larger than the decoding limits.
+    #[error("image too large ({message}; limit {MAX_SIDE}×{MAX_SIDE} pixels): {}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The data is corrupt or truncated.
+    #[error("corrupt or truncated image ({message}): {}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+}
+
+fn limits() -> Limits {
+    let mut l = Limits::default();
+    l.max_image_width = Some(MAX_SIDE);
+    l.max_image_height = Some(MAX_SIDE);
+    l.max_alloc = Some(MAX_ALLOC_BYTES);
+    l
+}
+
+fn classify(path: &Path, e: image::ImageError) -> ImageError {
+    let path = path.to_path_buf();
+    let message = e.to_string();
+    match e {
+        image::ImageError::IoError(source) => ImageError::Io { path, source },
+        image::ImageError::Limits(_) => ImageError::TooLarge { path, message },
+        image::ImageError::Unsupported(_) => ImageError::Unsupported { path, message },
+        _ => ImageError::Decode { path, message },
+    }
+}
+
+/// Decodes an image from memory; `path` names it in errors.
+///
+/// # Errors
+/// [`ImageError`] when the bytes are not a supported image, exceed the
+/// limits, or are corrupt.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
+    let mut reader = ImageReader::new(BufReader::new(Cursor::new(bytes)));
+    reader.limits(limits());
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if reader.format().is_none() {
+        return Err(ImageError::Unsupported {
+            path: path.to_path_buf(),
+            message: "unknown format".into(),
+        });
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| classify(path, e))?;
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(path, e))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(img.into_rgb8())
+}
+
+/// Reads and decodes an image file (see the module docs).
+///
+/// # Errors
+/// [`ImageError`] naming the file.
+pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() {
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            message: "empty file".into(),
+        });
+    }
+    decode_rgb(&bytes, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, Rgb};
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_png_and_gray_and_sniffs_content() {
+        let rgb = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(4, 3, Rgb([10, 20, 30])));
+        let png = encode(&rgb, ImageFormat::Png);
+        // Named .jpg, but PNG inside: decoded by content.
+        let img = decode_rgb(&png, Path::new("x.jpg")).unwrap();
+        assert_eq!((img.width(), img.height()), (4, 3));
+        assert_eq!(img.get_pixel(0, 0), &Rgb([10, 20, 30]));
+        let gray = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(2, 2, Luma([77])));
+        let img = decode_rgb(&encode(&gray, ImageFormat::Png), Path::new("g.png")).unwrap();
+        assert_eq!(img.get_pixel(1, 1), &Rgb([77, 77, 77]));
+    }
+
+    #[test]
+    fn bad_bytes_give_errors_naming_the_file() {
+        let e = decode_rgb(b"hello, not an image", Path::new("note.jpg")).unwrap_err();
+        assert!(matches!(e, ImageError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("note.jpg"));
+        let rgb = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(64, 64, Rgb([1, 2, 3])));
+        let jpg = encode(&rgb, ImageFormat::Jpeg);
+        let e = decode_rgb(&jpg[..jpg.len() / 3], Path::new("cut.jpg")).unwrap_err();
+        assert!(matches!(e, ImageError::Decode { .. }), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(
+            load_rgb(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("empty.png")
+        );
+        assert!(matches!(
+            load_rgb(&dir.path().join("missing.png")).unwrap_err(),
+            ImageError::Io { .. }
+        ));
+    }
+
+    #[test]
+    fn huge_header_is_refused_before_allocation() {
+        // A valid PNG header claiming 100000×100000 pixels, no data.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend_from_slice(&100_000u32.to_be_bytes());
+        png.extend_from_slice(&100_000u32.to_be_bytes());
+        png.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let crc = crc_of(&png[12..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+        let e = decode_rgb(&png, Path::new("huge.png")).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+    }
+
+    /// CRC-32 of a PNG chunk (type + data), bitwise.
+    fn crc_of(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+}
