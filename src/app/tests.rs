@@ -109,3 +109,44 @@ fn settings_survive_a_round_trip_and_views_switch() {
     assert_eq!(h.state().settings.view, View::Inspect);
     h.get_by_label_contains("Face inspection needs the SFAM model");
 }
+
+/// Frame cost with a million scores loaded (plot data is computed once, on
+/// the worker; a frame only draws it). Prints the numbers for
+/// BENCHMARKS.md; asserts nothing about time.
+#[test]
+#[ignore = "measurement: run with --ignored --nocapture"]
+fn frame_time_with_a_million_scores() {
+    use std::fmt::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("million.csv");
+    let mut text = String::from("path,dataset,label,score\n");
+    let mut x: u64 = 1;
+    for i in 0..1_000_000u32 {
+        // xorshift: deterministic, no extra crate.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        #[allow(clippy::cast_precision_loss)]
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let (label, score) = if i % 2 == 0 { ("real", u) } else { ("fake", 0.2 + 0.8 * u) };
+        writeln!(text, "f{i}.jpg,d{},{label},{score}", i % 4).unwrap();
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut app = SfamApp::new(Settings::default(), None);
+    let start = Instant::now();
+    app.open_scores(path);
+    let mut h = harness(app);
+    step_until(&mut h, |a| a.datasets.loaded.is_some());
+    eprintln!("load + evaluate + plot data, 1e6 scores: {:?}", start.elapsed());
+    h.state_mut().datasets.select_cell(0, 1);
+    h.run_steps(2);
+    let frames = 60;
+    let start = Instant::now();
+    for _ in 0..frames {
+        h.step();
+    }
+    eprintln!(
+        "UI frame (layout + tessellation, no GPU) with 1e6 scores loaded: {:?} per frame",
+        start.elapsed() / frames
+    );
+}
