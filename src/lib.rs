@@ -7,4 +7,6 @@
 //! knows about the command line or the GUI.
 
 pub mod data;
+pub mod face;
 pub mod metrics;
+pub mod model;

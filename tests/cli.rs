@@ -191,7 +191,11 @@ fn every_subcommand_explains_itself() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot open the app window"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot open the app window"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

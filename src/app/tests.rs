@@ -128,7 +128,11 @@ fn frame_time_with_a_million_scores() {
         x ^= x << 17;
         #[allow(clippy::cast_precision_loss)]
         let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-        let (label, score) = if i % 2 == 0 { ("real", u) } else { ("fake", 0.2 + 0.8 * u) };
+        let (label, score) = if i % 2 == 0 {
+            ("real", u)
+        } else {
+            ("fake", 0.2 + 0.8 * u)
+        };
         writeln!(text, "f{i}.jpg,d{},{label},{score}", i % 4).unwrap();
     }
     std::fs::write(&path, text).unwrap();
@@ -137,7 +141,10 @@ fn frame_time_with_a_million_scores() {
     app.open_scores(path);
     let mut h = harness(app);
     step_until(&mut h, |a| a.datasets.loaded.is_some());
-    eprintln!("load + evaluate + plot data, 1e6 scores: {:?}", start.elapsed());
+    eprintln!(
+        "load + evaluate + plot data, 1e6 scores: {:?}",
+        start.elapsed()
+    );
     h.state_mut().datasets.select_cell(0, 1);
     h.run_steps(2);
     let frames = 60;

@@ -3,6 +3,9 @@
 
 mod cross_auc;
 mod datasets;
+mod embed;
+mod faces;
+mod inspect;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,31 @@ pub enum Command {
     /// DeepfakeBench dataset JSON. Images in subfolders of a label folder
     /// belong to the video named by that subfolder.
     Datasets(datasets::Args),
+    /// Detect faces: boxes, scores and 5 landmarks, largest face first.
+    ///
+    /// Every face of each image is reported (MTCNN, facenet-pytorch's
+    /// weights), in the image's pixels after EXIF orientation; an image
+    /// without a face says "no face found". `--save-aligned` writes each
+    /// face aligned to the 224×224 template the SFAM model reads.
+    /// `--tight-crops` treats the images as tight face crops (like DFDC's):
+    /// a crop without a detected face is used whole and marked precropped.
+    Faces(faces::Args),
+    /// CLIP embeddings of an image (class and patch tokens) or of a text.
+    ///
+    /// `--image`: the projected class embedding and the projected patch
+    /// embeddings (row-major), after CLIP's preprocessing (shorter side
+    /// resized to the input size, bicubic; centre crop; CLIP mean/std).
+    /// `--text`: the projected text embedding. Neither is normalised.
+    Embed(embed::Args),
+    /// The SFAM detector's full output for each face: score, global and
+    /// per-region logit parts, routing over experts, region masks, one
+    /// alignment map per prompt.
+    ///
+    /// For now each image is taken whole as one face already aligned to the
+    /// 224×224 template (shorter side resized, centre-cropped) and the
+    /// region masks come from the template's landmarks; the face pipeline
+    /// (detection + alignment, `sfam faces`) will replace this step.
+    Inspect(inspect::Args),
 }
 
 /// Output formats of the table-producing commands.
@@ -72,6 +100,9 @@ pub fn main() -> ExitCode {
         None => crate::app::run(cli.open).map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
+        Some(Command::Faces(args)) => faces::run(&args),
+        Some(Command::Embed(args)) => embed::run(&args),
+        Some(Command::Inspect(args)) => inspect::run(&args),
     };
     match result {
         Ok(code) => code,

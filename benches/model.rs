@@ -1,0 +1,120 @@
+//! SFAM-B/16 throughput on the CPU: CLIP ViT-B/16 (real dimensions, random
+//! weights: no file needed) with the SFAM heads, faces per second at batch
+//! 1 and 8. The PyTorch counterpart is `benches/python/bench_torch_sfam.py`.
+//!
+//! `cargo bench --bench model` (add `-- --quick` for a short run).
+//! With `SFAM_BENCH_REPEAT=N` it skips criterion and prints, per batch
+//! size, the median wall time and the process CPU time (user + system,
+//! from `/proc/self/stat`) of N forward passes: CPU time per face is far
+//! less disturbed than wall time when other processes share the cores.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{Criterion, Throughput, criterion_group};
+use sfam_studio::model::clip::{ClipModel, Towers};
+use sfam_studio::model::{ClipConfig, HeadConfig, SfamHead, SfamModel, Weights};
+
+/// The bench's head: the hyper-parameters of docs/MODEL.md's default.
+fn head_config(dim: usize) -> HeadConfig {
+    HeadConfig {
+        format: "sfam-head".into(),
+        version: 1,
+        dim,
+        grid: [14, 14],
+        adapter_hidden: 128,
+        num_experts: 4,
+        top_k: 2,
+        expert_hidden: 256,
+        layer_norm_eps: 1e-5,
+        mask_eps: 1e-6,
+        prompts: (0..9).map(|i| format!("prompt {i}")).collect(),
+        regions: sfam_studio::face::REGIONS
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect(),
+        backbone: Some("random ViT-B/16".into()),
+    }
+}
+
+fn model(device: &Device) -> SfamModel {
+    let cfg = ClipConfig::vit_base_patch16();
+    let w = Weights::random(DType::F32, device);
+    let clip = ClipModel::from_weights(&cfg, &w, Towers::Vision).unwrap();
+    let hw = Weights::random(DType::F32, device);
+    let head = SfamHead::from_weights(head_config(cfg.projection_dim), &hw).unwrap();
+    SfamModel::new(Box::new(clip.into_vision().unwrap()), head, device).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let model = model(&device);
+    let masks = model.template_masks().unwrap();
+    let mut group = c.benchmark_group("sfam_b16_cpu");
+    group.sample_size(10);
+    for batch in [1_usize, 8] {
+        let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("batch{batch}"), |b| {
+            b.iter(|| {
+                let out = model.forward(black_box(&px), &masks).unwrap();
+                // The outputs are read back to the host: the device is synchronised.
+                black_box(out)
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat` (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn repeat_mode(n: usize) {
+    let device = Device::Cpu;
+    let model = model(&device);
+    let masks = model.template_masks().unwrap();
+    for batch in [1_usize, 8] {
+        let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
+        black_box(model.forward(&px, &masks).unwrap());
+        let mut walls = Vec::with_capacity(n);
+        let cpu0 = cpu_seconds().unwrap_or(0.0);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            black_box(model.forward(black_box(&px), &masks).unwrap());
+            walls.push(t.elapsed().as_secs_f64());
+        }
+        let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+        walls.sort_by(f64::total_cmp);
+        let median = walls[walls.len() / 2];
+        #[allow(clippy::cast_precision_loss)]
+        let (faces, runs) = (batch as f64, n as f64);
+        println!(
+            "{{\"impl\": \"candle\", \"batch\": {batch}, \"runs\": {n}, \"median_s\": {median:.4}, \"faces_per_s\": {:.3}, \"cpu_s_per_face\": {:.4}}}",
+            faces / median,
+            cpu / (runs * faces)
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    if let Some(n) = std::env::var("SFAM_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        repeat_mode(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

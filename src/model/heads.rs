@@ -1,0 +1,408 @@
+//! The SFAM heads: patch-level image-text alignment and the facial-region
+//! mixture of experts (`../shared/docs/SFAM.md`, steps 2–4; the exact
+//! equations and weight keys are in `docs/MODEL.md`).
+//!
+//! They take a global token `[B, D]`, patch tokens `[B, N, D]` (N = H·W)
+//! and soft region masks `[B, R, N]`, whatever backbone produced them.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+use super::clip::l2_normalize;
+use super::weights::{Weights, WeightsView};
+
+/// Format name in `sfam_head.json`.
+pub const HEAD_FORMAT: &str = "sfam-head";
+/// Format version in `sfam_head.json`.
+pub const HEAD_VERSION: u32 = 1;
+
+/// `sfam_head.json`: the head's hyper-parameters, prompts and regions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Always `"sfam-head"`.
+    pub format: String,
+    /// Always 1.
+    pub version: u32,
+    /// Dimension of the tokens (CLIP: `projection_dim`).
+    pub dim: usize,
+    /// The patch grid `[rows, columns]` the head was trained on.
+    pub grid: [usize; 2],
+    /// Hidden width of the alignment adapter.
+    pub adapter_hidden: usize,
+    /// Number of experts E.
+    pub num_experts: usize,
+    /// Experts kept per region (2).
+    pub top_k: usize,
+    /// Hidden width of each expert.
+    pub expert_hidden: usize,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    /// Added to each region's mask mass before dividing.
+    pub mask_eps: f64,
+    /// The prompts' texts; the first describes a genuine face.
+    pub prompts: Vec<String>,
+    /// The regions' names, in the order of the masks.
+    pub regions: Vec<String>,
+    /// What the head was trained on (informational).
+    #[serde(default)]
+    pub backbone: Option<String>,
+}
+
+impl HeadConfig {
+    /// Reads and checks `sfam_head.json`.
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] or [`ModelError::Config`], naming the file.
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks the values fit together.
+    ///
+    /// # Errors
+    /// A description of the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != HEAD_FORMAT || self.version != HEAD_VERSION {
+            return Err(format!(
+                "format {:?} version {}, expected {HEAD_FORMAT:?} version {HEAD_VERSION}",
+                self.format, self.version
+            ));
+        }
+        if self.dim == 0 || self.adapter_hidden == 0 || self.expert_hidden == 0 {
+            return Err("dim, adapter_hidden and expert_hidden must be positive".into());
+        }
+        if self.grid.contains(&0) {
+            return Err("grid must be positive".into());
+        }
+        if self.top_k == 0 || self.top_k > self.num_experts {
+            return Err(format!(
+                "top_k {} must be between 1 and num_experts {}",
+                self.top_k, self.num_experts
+            ));
+        }
+        if self.prompts.len() < 2 {
+            return Err("at least two prompts (genuine + one artifact) are needed".into());
+        }
+        if self.regions.is_empty() {
+            return Err("no regions".into());
+        }
+        Ok(())
+    }
+
+    /// Number of patches `H·W`.
+    #[must_use]
+    pub fn num_patches(&self) -> usize {
+        self.grid[0] * self.grid[1]
+    }
+}
+
+/// Two linear layers with an exact GELU between them.
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: candle_nn::Linear,
+    fc2: candle_nn::Linear,
+}
+
+impl Mlp {
+    fn new(
+        vb: &WeightsView<'_>,
+        d_in: usize,
+        hidden: usize,
+        d_out: usize,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            fc1: vb.pp("fc1").linear(d_in, hidden)?,
+            fc2: vb.pp("fc2").linear(hidden, d_out)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// Everything the heads compute for a batch, as tensors.
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    /// `sigmoid(logit)`, `[B]`.
+    pub score: Tensor,
+    /// Final logit, `[B]`.
+    pub logit: Tensor,
+    /// Logit from the global token, `[B]`.
+    pub global_logit: Tensor,
+    /// Per-region logits `ℓ_r`, `[B, R]`.
+    pub region_logits: Tensor,
+    /// Region attention β (softmax over regions), `[B, R]`.
+    pub region_attention: Tensor,
+    /// `β_r` · `ℓ_r`, `[B, R]` (they sum to `logit − global_logit`).
+    pub region_contributions: Tensor,
+    /// The router's softmax over all experts, `[B, R, E]`.
+    pub router_probs: Tensor,
+    /// The routing weights actually used: the top-k probabilities
+    /// renormalised to sum to 1, zeros elsewhere, `[B, R, E]`.
+    pub routing: Tensor,
+    /// Per-prompt softmax over prompts of each patch, `[B, P, N]`.
+    pub alignment_maps: Tensor,
+}
+
+/// The SFAM heads with their weights (`sfam_head.safetensors`).
+#[derive(Debug, Clone)]
+pub struct SfamHead {
+    config: HeadConfig,
+    /// Unit prompt vectors `[P, D]`.
+    prompts: Tensor,
+    adapter_norm: candle_nn::LayerNorm,
+    adapter: Mlp,
+    /// `exp(align.logit_scale)` = 1/τ.
+    inv_temperature: f64,
+    text_proj: candle_nn::Linear,
+    region_embed: Tensor,
+    router: candle_nn::Linear,
+    experts: Vec<Mlp>,
+    region_logit: candle_nn::Linear,
+    region_attn: candle_nn::Linear,
+    global_norm: candle_nn::LayerNorm,
+    global_fc: candle_nn::Linear,
+}
+
+impl SfamHead {
+    /// Loads `sfam_head.json` and `sfam_head.safetensors` (strict).
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file that is wrong.
+    pub fn load(
+        config_path: &Path,
+        weights_path: &Path,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let config = HeadConfig::from_file(config_path)?;
+        let weights = Weights::open(weights_path, DType::F32, device)?;
+        let head = Self::from_weights(config, &weights)?;
+        weights.finish()?;
+        Ok(head)
+    }
+
+    /// Builds the head from `weights` (keys of `docs/MODEL.md`).
+    ///
+    /// # Errors
+    /// [`ModelError`] for a missing or misshapen tensor.
+    pub fn from_weights(config: HeadConfig, weights: &Weights) -> Result<Self, ModelError> {
+        let (d, p, r, e) = (
+            config.dim,
+            config.prompts.len(),
+            config.regions.len(),
+            config.num_experts,
+        );
+        let eps = config.layer_norm_eps;
+        let root = weights.pp("");
+        let align = root.pp("align");
+        let moe = root.pp("moe");
+        let head = root.pp("head");
+        let prompts = l2_normalize(&root.pp("prompts").get("embeds", &[p, d])?)?;
+        let logit_scale = align
+            .get_as("logit_scale", &[], DType::F32)?
+            .to_scalar::<f32>()?;
+        let experts = (0..e)
+            .map(|i| {
+                Mlp::new(
+                    &moe.pp("experts").pp(&i.to_string()),
+                    d,
+                    config.expert_hidden,
+                    d,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            prompts,
+            adapter_norm: align.pp("adapter").pp("norm").layer_norm(d, eps)?,
+            adapter: Mlp::new(&align.pp("adapter"), d, config.adapter_hidden, d)?,
+            inv_temperature: f64::from(logit_scale).exp(),
+            text_proj: align.pp("text_proj").linear(d, d)?,
+            region_embed: moe.get("region_embed", &[r, d])?,
+            router: moe.pp("router").linear(d, e)?,
+            experts,
+            region_logit: head.pp("region_logit").linear(d, 1)?,
+            region_attn: head.pp("region_attn").linear(d, 1)?,
+            global_norm: head.pp("global").pp("norm").layer_norm(d, eps)?,
+            global_fc: head.pp("global").pp("fc").linear(d, 1)?,
+            config,
+        })
+    }
+
+    /// The hyper-parameters, prompts and regions.
+    #[must_use]
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+
+    /// The unit prompt vectors `[P, D]`.
+    #[must_use]
+    pub fn prompt_embeds(&self) -> &Tensor {
+        &self.prompts
+    }
+
+    /// Replaces the prompts (texts and their vectors, e.g. from the CLIP
+    /// text tower); the vectors are normalised here. The alignment maps
+    /// then follow the new prompts; the trained layers stay as they are.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when the counts or the dimension disagree.
+    pub fn set_prompts(&mut self, texts: Vec<String>, embeds: &Tensor) -> Result<(), ModelError> {
+        let (p, d) = embeds.dims2()?;
+        if p != texts.len() || d != self.config.dim || p < 2 {
+            return Err(ModelError::Input(format!(
+                "{} prompt texts and embeddings {:?}; expected at least 2 of dimension {}",
+                texts.len(),
+                embeds.dims(),
+                self.config.dim
+            )));
+        }
+        self.prompts = l2_normalize(&embeds.to_dtype(DType::F32)?)?;
+        self.config.prompts = texts;
+        Ok(())
+    }
+
+    /// Runs the heads.
+    ///
+    /// `global`: `[B, D]`; `patches`: `[B, N, D]`; `masks`: `[B, R, N]`
+    /// (or `[R, N]`, the same for every image), values in [0, 1].
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for shapes that do not fit the head; a tensor error.
+    #[allow(clippy::many_single_char_names)] // the notation of docs/MODEL.md
+    pub fn forward(
+        &self,
+        global: &Tensor,
+        patches: &Tensor,
+        masks: &Tensor,
+    ) -> Result<HeadOutput, ModelError> {
+        let c = &self.config;
+        let (b, n, d) = patches.dims3()?;
+        let r = c.regions.len();
+        if d != c.dim || global.dims() != [b, d] {
+            return Err(ModelError::Input(format!(
+                "tokens of shape {:?} / {:?}, the head expects dimension {}",
+                global.dims(),
+                patches.dims(),
+                c.dim
+            )));
+        }
+        let masks = match masks.rank() {
+            2 => masks
+                .unsqueeze(0)?
+                .broadcast_as((b, masks.dim(0)?, masks.dim(1)?))?,
+            _ => masks.clone(),
+        };
+        if masks.dims() != [b, r, n] {
+            return Err(ModelError::Input(format!(
+                "region masks of shape {:?}, expected [{b}, {r}, {n}]",
+                masks.dims()
+            )));
+        }
+        let masks = masks.to_dtype(DType::F32)?.contiguous()?;
+        let patches = patches.to_dtype(DType::F32)?;
+        let global = global.to_dtype(DType::F32)?;
+
+        // Patch-level alignment.
+        let t = &self.prompts;
+        let a = (&patches
+            + self
+                .adapter
+                .forward(&self.adapter_norm.forward(&patches)?)?)?;
+        let logits = (l2_normalize(&a)?.broadcast_matmul(&t.t()?)? * self.inv_temperature)?;
+        let w = candle_nn::ops::softmax_last_dim(&logits)?; // [B, N, P]
+        let z = (&a + self.text_proj.forward(&w.broadcast_matmul(t)?)?)?;
+
+        // Region features, routing, experts.
+        let weight_sum = (masks.sum_keepdim(D::Minus1)? + c.mask_eps)?;
+        let f = masks.matmul(&z)?.broadcast_div(&weight_sum)?; // [B, R, D]
+        let h = f.broadcast_add(&self.region_embed)?;
+        let probs = candle_nn::ops::softmax_last_dim(&self.router.forward(&h)?)?; // [B, R, E]
+        let routing = top_k_gates(&probs, c.top_k)?;
+        let mut o = h.zeros_like()?;
+        for (e, expert) in self.experts.iter().enumerate() {
+            let g = routing.narrow(D::Minus1, e, 1)?;
+            o = (o + expert.forward(&h)?.broadcast_mul(&g)?)?;
+        }
+
+        // Logits.
+        let region_logits = self.region_logit.forward(&o)?.squeeze(D::Minus1)?;
+        let beta =
+            candle_nn::ops::softmax_last_dim(&self.region_attn.forward(&o)?.squeeze(D::Minus1)?)?;
+        let contributions = (&beta * &region_logits)?;
+        let global_logit = self
+            .global_fc
+            .forward(&self.global_norm.forward(&global)?)?
+            .squeeze(D::Minus1)?;
+        let logit = (&global_logit + contributions.sum(D::Minus1)?)?;
+        let score = candle_nn::ops::sigmoid(&logit)?;
+        Ok(HeadOutput {
+            score,
+            logit,
+            global_logit,
+            region_logits,
+            region_attention: beta,
+            region_contributions: contributions,
+            router_probs: probs,
+            routing,
+            alignment_maps: w.transpose(1, 2)?.contiguous()?,
+        })
+    }
+}
+
+/// Keeps the `k` largest probabilities of each row (ties: the lower
+/// expert index first), renormalised to sum to 1; zeros elsewhere.
+#[allow(clippy::many_single_char_names)]
+fn top_k_gates(probs: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (b, r, e) = probs.dims3()?;
+    let p = probs
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut gates = vec![0.0_f32; p.len()];
+    for (row, out) in p.chunks(e).zip(gates.chunks_mut(e)) {
+        let mut idx: Vec<usize> = (0..e).collect();
+        idx.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
+        let kept = &idx[..k.min(e)];
+        let total: f32 = kept.iter().map(|&i| row[i]).sum();
+        for &i in kept {
+            out[i] = if total > 0.0 { row[i] / total } else { 0.0 };
+        }
+    }
+    Tensor::from_vec(gates, (b, r, e), probs.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_two_gates_renormalise() {
+        let probs =
+            Tensor::from_vec(vec![0.1_f32, 0.5, 0.3, 0.1], (1, 1, 4), &Device::Cpu).unwrap();
+        let g = top_k_gates(&probs, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((g[1] - 0.625).abs() < 1e-6 && (g[2] - 0.375).abs() < 1e-6);
+        assert_eq!((g[0], g[3]), (0.0, 0.0));
+    }
+}
