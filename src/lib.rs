@@ -10,3 +10,4 @@ pub mod data;
 pub mod face;
 pub mod metrics;
 pub mod model;
+pub mod train;

@@ -234,7 +234,12 @@ fn head_prompt_vectors_are_the_text_towers() {
         .map(|p| tok.tokenize(p).unwrap())
         .collect();
     let t = l2_normalize(&clip.text().unwrap().forward(&ids).unwrap()).unwrap();
-    assert_close("prompt vectors", &t, model.head().prompt_embeds(), TOL);
+    assert_close(
+        "prompt vectors",
+        &t,
+        &model.head().prompt_embeds().unwrap(),
+        TOL,
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod datasets;
 mod embed;
 mod faces;
 mod inspect;
+mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,16 @@ pub enum Command {
     /// region masks come from the template's landmarks; the face pipeline
     /// (detection + alignment, `sfam faces`) will replace this step.
     Inspect(inspect::Args),
+    /// Train SFAM heads on a backbone: the bundled faceres network (last
+    /// blocks fine-tuned) or a CLIP model folder (frozen).
+    ///
+    /// Balanced sampling over dataset × label, augmentations (flip, colour,
+    /// JPEG, blur, downscaling, black borders), self-blended fakes, the
+    /// CIPLAB file-name codes as region targets; cross-entropy + patch
+    /// alignment + router load balance. Every epoch: validation AUC and
+    /// Cross-AUC, a checkpoint (a killed run resumes from it), `best/` (a
+    /// model folder for `--model`) and `train_log.csv`.
+    Train(train::Args),
 }
 
 /// Output formats of the table-producing commands.
@@ -103,6 +114,7 @@ pub fn main() -> ExitCode {
         Some(Command::Faces(args)) => faces::run(&args),
         Some(Command::Embed(args)) => embed::run(&args),
         Some(Command::Inspect(args)) => inspect::run(&args),
+        Some(Command::Train(args)) => train::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -34,9 +34,9 @@ use rayon::prelude::*;
 use super::{ModelError, Weights};
 
 /// Channels of the first convolution.
-const STEM: usize = 32;
+pub const STEM: usize = 32;
 /// The 13 depthwise-separable blocks: (input channels, output channels, stride).
-const BLOCKS: [(usize, usize, usize); 13] = [
+pub const BLOCKS: [(usize, usize, usize); 13] = [
     (32, 64, 1),
     (64, 128, 2),
     (128, 128, 1),
@@ -52,7 +52,7 @@ const BLOCKS: [(usize, usize, usize); 13] = [
     (1024, 1024, 1),
 ];
 /// Index (0-based) of the block whose output is the patch map (`conv_pw_11`).
-const PATCH_BLOCK: usize = 10;
+pub const PATCH_BLOCK: usize = 10;
 
 /// Channels of the patch map.
 pub const PATCH_DIM: usize = 512;
@@ -78,8 +78,8 @@ fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
 /// A 3 × 3 depthwise convolution (+ folded batch-norm bias) and relu6, NHWC.
 #[derive(Debug, Clone)]
 struct Depthwise {
-    /// The nine taps, row-major, each `[C]`.
-    taps: Vec<Tensor>,
+    /// The nine taps, row-major, `[9, C]`.
+    taps: Tensor,
     bias: Tensor,
     /// The same taps `[9 * C]` and bias `[C]` on the host, for the CPU kernel.
     host_taps: Vec<f32>,
@@ -142,42 +142,70 @@ impl Depthwise {
         Tensor::from_vec(out, (b, oh, ow, c), x.device())
     }
 
-    /// The same with tensor operations (any device): nine shifted windows.
-    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
+    /// The same with tensor operations (any device).
     fn forward_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let s = self.stride;
-        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
-        let (pt, pb) = same_pads(h, 3, s);
-        let (pl, pr) = same_pads(w, 3, s);
-        // With stride 2 each tap takes 2*out rows from its offset and keeps
-        // the even ones, so pad far enough for the last tap (the extra zero
-        // rows beyond TF's padding are never selected).
-        let pb = pb.max((2 + s * oh).saturating_sub(h + pt));
-        let pr = pr.max((2 + s * ow).saturating_sub(w + pl));
-        let xp = x.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
-        let mut acc: Option<Tensor> = None;
-        for (t, tap) in self.taps.iter().enumerate() {
-            let (i, j) = (t / 3, t % 3);
-            let mut win = xp.narrow(1, i, s * oh)?.narrow(2, j, s * ow)?;
-            if s > 1 {
-                win = win
-                    .reshape((b, oh, s, ow, s, c))?
-                    .narrow(2, 0, 1)?
-                    .narrow(4, 0, 1)?
-                    .reshape((b, oh, ow, c))?;
-            }
-            let term = win.broadcast_mul(tap)?;
-            acc = Some(match acc {
-                None => term,
-                Some(a) => (a + term)?,
-            });
-        }
-        let Some(acc) = acc else {
-            candle_core::bail!("depthwise convolution without taps")
-        };
-        relu6(&acc.broadcast_add(&self.bias)?)
+        depthwise_tensor(x, &self.taps, &self.bias, self.stride)
     }
+}
+
+/// A 3 × 3 depthwise convolution with TF "SAME" padding, plus bias and
+/// relu6, on an NHWC tensor, with tensor operations only (nine shifted
+/// windows): any device, and differentiable (training uses it).
+/// `taps`: `[9, C]`, row-major over the 3 × 3 window; `bias`: `[C]`.
+///
+/// # Errors
+/// A tensor error (wrong shapes).
+#[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
+pub fn depthwise_tensor(
+    x: &Tensor,
+    taps: &Tensor,
+    bias: &Tensor,
+    s: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+    let (pt, pb) = same_pads(h, 3, s);
+    let (pl, pr) = same_pads(w, 3, s);
+    // With stride 2 each tap takes 2*out rows from its offset and keeps
+    // the even ones, so pad far enough for the last tap (the extra zero
+    // rows beyond TF's padding are never selected).
+    let pb = pb.max((2 + s * oh).saturating_sub(h + pt));
+    let pr = pr.max((2 + s * ow).saturating_sub(w + pl));
+    let xp = x.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
+    let mut acc: Option<Tensor> = None;
+    for t in 0..9 {
+        let (i, j) = (t / 3, t % 3);
+        let mut win = xp.narrow(1, i, s * oh)?.narrow(2, j, s * ow)?;
+        if s > 1 {
+            win = win
+                .reshape((b, oh, s, ow, s, c))?
+                .narrow(2, 0, 1)?
+                .narrow(4, 0, 1)?
+                .reshape((b, oh, ow, c))?;
+        }
+        let term = win.broadcast_mul(&taps.get(t)?)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    let Some(acc) = acc else {
+        candle_core::bail!("depthwise convolution without taps")
+    };
+    relu6(&acc.broadcast_add(bias)?)
+}
+
+/// A 1 × 1 convolution plus bias and relu6 on an NHWC tensor, with tensor
+/// operations only (differentiable). `weight`: `[C_in, C_out]`.
+///
+/// # Errors
+/// A tensor error (wrong shapes).
+#[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), o
+pub fn pointwise_tensor(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let o = weight.dim(1)?;
+    let y = x.reshape((b * h * w, c))?.matmul(weight)?;
+    relu6(&y.broadcast_add(bias)?)?.reshape((b, h, w, o))
 }
 
 /// A 1 × 1 convolution (+ folded batch-norm bias) and relu6, NHWC.
@@ -237,6 +265,18 @@ impl FaceRes {
     /// [`ModelError`] naming the file (and the tensor, where one is at fault).
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         let ws = Weights::open(path, DType::F32, device)?;
+        let net = Self::from_weights(&ws)?;
+        ws.finish()?;
+        Ok(net)
+    }
+
+    /// Builds the network from the keys of the module documentation in
+    /// `ws` (other keys are left for the caller to use or reject).
+    ///
+    /// # Errors
+    /// [`ModelError`] for a missing or misshapen tensor.
+    pub fn from_weights(ws: &Weights) -> Result<Self, ModelError> {
+        let device = ws.device().clone();
         let stem_weight = ws.get("conv1.weight", &[STEM, 3, 3, 3])?;
         let stem_bias = ws.get("conv1.bias", &[STEM])?.reshape((1, STEM, 1, 1))?;
         let mut blocks = Vec::with_capacity(BLOCKS.len());
@@ -244,9 +284,6 @@ impl FaceRes {
             let n = k + 1;
             let dw = ws.get(&format!("dw{n}.weight"), &[cin, 1, 3, 3])?;
             let dw = dw.reshape((cin, 9))?.t()?.contiguous()?; // [9, C]
-            let taps = (0..9)
-                .map(|t| dw.get(t)?.contiguous())
-                .collect::<candle_core::Result<Vec<_>>>()?;
             let dw_bias = ws.get(&format!("dw{n}.bias"), &[cin])?;
             let host_taps = dw.flatten_all()?.to_vec1::<f32>()?;
             let host_bias = dw_bias.to_vec1::<f32>()?;
@@ -255,7 +292,7 @@ impl FaceRes {
             let pw_bias = ws.get(&format!("pw{n}.bias"), &[cout])?;
             blocks.push((
                 Depthwise {
-                    taps,
+                    taps: dw,
                     bias: dw_bias,
                     host_taps,
                     host_bias,
@@ -268,12 +305,11 @@ impl FaceRes {
                 },
             ));
         }
-        ws.finish()?;
         Ok(Self {
             stem_weight,
             stem_bias,
             blocks,
-            device: device.clone(),
+            device,
         })
     }
 
@@ -303,6 +339,50 @@ impl FaceRes {
                 pixels.dtype()
             )));
         }
+        let (patch, pooled) = self.forward_nhwc(pixels)?;
+        Ok((patch.permute((0, 3, 1, 2))?.contiguous()?, pooled))
+    }
+
+    /// As [`Self::forward`], with the patch map channels-last,
+    /// `[B, H/16, W/16, 512]` (row-major patches, as the heads take them).
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn forward_nhwc(&self, pixels: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        let mut x = self.forward_prefix(pixels, 0)?;
+        let mut patch = None;
+        for (k, (dw, pw)) in self.blocks.iter().enumerate() {
+            x = pw.forward(&dw.forward(&x)?)?;
+            if k == PATCH_BLOCK {
+                patch = Some(x.clone());
+            }
+        }
+        let Some(patch) = patch else {
+            return Err(ModelError::Input("faceres: no patch map".into()));
+        };
+        let (b, oh, ow, c) = x.dims4()?;
+        let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
+        Ok((patch, pooled))
+    }
+
+    /// The stem and the first `blocks` blocks, channels-last (NHWC): the
+    /// frozen part of the network during fine-tuning.
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn forward_prefix(&self, pixels: &Tensor, blocks: usize) -> Result<Tensor, ModelError> {
+        let dims = pixels.dims();
+        if dims.len() != 4 || dims[1] != 3 || dims[2] == 0 || dims[3] == 0 {
+            return Err(ModelError::Input(format!(
+                "faceres expects pixels [B, 3, H, W], got {dims:?}"
+            )));
+        }
+        if pixels.dtype() != DType::F32 {
+            return Err(ModelError::Input(format!(
+                "faceres expects f32 pixels, got {:?}",
+                pixels.dtype()
+            )));
+        }
         let (height, width) = (dims[2], dims[3]);
         let (pt, pb) = same_pads(height, 3, 2);
         let (pl, pr) = same_pads(width, 3, 2);
@@ -312,19 +392,88 @@ impl FaceRes {
             .conv2d(&self.stem_weight, 0, 2, 1, 1)?
             .broadcast_add(&self.stem_bias)?;
         let mut x = relu6(&x)?.permute((0, 2, 3, 1))?.contiguous()?;
-        let mut patch = None;
-        for (k, (dw, pw)) in self.blocks.iter().enumerate() {
+        for (dw, pw) in self.blocks.iter().take(blocks) {
             x = pw.forward(&dw.forward(&x)?)?;
-            if k == PATCH_BLOCK {
-                patch = Some(x.permute((0, 3, 1, 2))?.contiguous()?);
-            }
         }
-        let Some(patch) = patch else {
-            return Err(ModelError::Input("faceres: no patch map".into()));
+        Ok(x)
+    }
+}
+
+/// The file of a faceres-based SFAM model folder holding the network and
+/// the two projections to the head's dimension.
+pub const BACKBONE_FILE: &str = "faceres.safetensors";
+
+/// `faceres` as an SFAM [`Backbone`]: the 14 × 14 × 512 map projected to
+/// the head's dimension gives the patch tokens (`proj_patch`), the pooled
+/// 1024-d descriptor projected likewise the global token (`proj_global`).
+/// Input: raw 0–255 RGB (mean 0, std 1/255 undoes the normalisation).
+#[derive(Debug, Clone)]
+pub struct FaceResBackbone {
+    net: FaceRes,
+    proj_patch: candle_nn::Linear,
+    proj_global: candle_nn::Linear,
+    dim: usize,
+}
+
+impl FaceResBackbone {
+    /// Loads [`BACKBONE_FILE`] strictly, for a head of dimension `dim`.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file (and the tensor, where one is at fault).
+    pub fn load(path: &Path, dim: usize, device: &Device) -> Result<Self, ModelError> {
+        let ws = Weights::open(path, DType::F32, device)?;
+        let net = FaceRes::from_weights(&ws)?;
+        let lin = |name: &str, d_in: usize| -> Result<candle_nn::Linear, ModelError> {
+            Ok(candle_nn::Linear::new(
+                ws.get(&format!("{name}.weight"), &[dim, d_in])?,
+                Some(ws.get(&format!("{name}.bias"), &[dim])?),
+            ))
         };
-        let (b, oh, ow, c) = x.dims4()?;
-        let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
-        Ok((patch, pooled))
+        let proj_patch = lin("proj_patch", PATCH_DIM)?;
+        let proj_global = lin("proj_global", POOLED_DIM)?;
+        ws.finish()?;
+        Ok(Self {
+            net,
+            proj_patch,
+            proj_global,
+            dim,
+        })
+    }
+
+    /// The network under the projections.
+    #[must_use]
+    pub fn net(&self) -> &FaceRes {
+        &self.net
+    }
+}
+
+impl super::Backbone for FaceResBackbone {
+    fn input_size(&self) -> usize {
+        INPUT_SIZE
+    }
+
+    fn grid(&self) -> (usize, usize) {
+        (INPUT_SIZE / PATCH_STRIDE, INPUT_SIZE / PATCH_STRIDE)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn normalization(&self) -> ([f32; 3], [f32; 3]) {
+        ([0.0; 3], [1.0 / 255.0; 3])
+    }
+
+    fn encode(&self, pixels: &Tensor) -> candle_core::Result<super::BackboneOutput> {
+        use candle_core::Module;
+        let (patch, pooled) = self
+            .net
+            .forward_nhwc(pixels)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (b, h, w, c) = patch.dims4()?;
+        let patches = self.proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
+        let global = self.proj_global.forward(&pooled)?;
+        Ok(super::BackboneOutput { global, patches })
     }
 }
 
@@ -382,7 +531,7 @@ mod tests {
         let bias = Tensor::randn(0f32, 1f32, c, &dev).unwrap();
         for stride in [1, 2] {
             let dw = Depthwise {
-                taps: (0..9).map(|t| w.get(t).unwrap()).collect(),
+                taps: w.clone(),
                 bias: bias.clone(),
                 host_taps: w.flatten_all().unwrap().to_vec1().unwrap(),
                 host_bias: bias.to_vec1().unwrap(),

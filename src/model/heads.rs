@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::clip::l2_normalize;
-use super::weights::{Weights, WeightsView};
+use super::weights::Weights;
 
 /// Format name in `sfam_head.json`.
 pub const HEAD_FORMAT: &str = "sfam-head";
@@ -112,6 +112,63 @@ impl HeadConfig {
     }
 }
 
+/// Fetches a tensor by its full key and expected shape: from a weights
+/// file ([`SfamHead::from_weights`]) or from trainable variables
+/// (`crate::train`).
+pub type TensorGetter<'a> = dyn Fn(&str, &[usize]) -> Result<Tensor, ModelError> + 'a;
+
+fn linear(
+    get: &TensorGetter<'_>,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+) -> Result<candle_nn::Linear, ModelError> {
+    Ok(candle_nn::Linear::new(
+        get(&format!("{prefix}.weight"), &[d_out, d_in])?,
+        Some(get(&format!("{prefix}.bias"), &[d_out])?),
+    ))
+}
+
+fn layer_norm(
+    get: &TensorGetter<'_>,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<LayerNorm, ModelError> {
+    Ok(LayerNorm {
+        weight: get(&format!("{prefix}.weight"), &[dim])?,
+        bias: get(&format!("{prefix}.bias"), &[dim])?,
+        eps,
+    })
+}
+
+/// Layer norm over the last dimension with plain tensor operations, so it
+/// is differentiable (candle-nn's fused kernel has no backward pass).
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension with plain tensor operations
+/// (differentiable; candle-nn's fused kernel has no backward pass).
+fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
 /// Two linear layers with an exact GELU between them.
 #[derive(Debug, Clone)]
 struct Mlp {
@@ -121,14 +178,15 @@ struct Mlp {
 
 impl Mlp {
     fn new(
-        vb: &WeightsView<'_>,
+        get: &TensorGetter<'_>,
+        prefix: &str,
         d_in: usize,
         hidden: usize,
         d_out: usize,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            fc1: vb.pp("fc1").linear(d_in, hidden)?,
-            fc2: vb.pp("fc2").linear(hidden, d_out)?,
+            fc1: linear(get, &format!("{prefix}.fc1"), d_in, hidden)?,
+            fc2: linear(get, &format!("{prefix}.fc2"), hidden, d_out)?,
         })
     }
 
@@ -159,25 +217,28 @@ pub struct HeadOutput {
     pub routing: Tensor,
     /// Per-prompt softmax over prompts of each patch, `[B, P, N]`.
     pub alignment_maps: Tensor,
+    /// The alignment logits `cos(p_i, t_k) / τ` before the softmax, `[B, N, P]`
+    /// (the training losses use them).
+    pub alignment_logits: Tensor,
 }
 
 /// The SFAM heads with their weights (`sfam_head.safetensors`).
 #[derive(Debug, Clone)]
 pub struct SfamHead {
     config: HeadConfig,
-    /// Unit prompt vectors `[P, D]`.
+    /// Prompt vectors `[P, D]` as stored (normalised in [`Self::forward`]).
     prompts: Tensor,
-    adapter_norm: candle_nn::LayerNorm,
+    adapter_norm: LayerNorm,
     adapter: Mlp,
-    /// `exp(align.logit_scale)` = 1/τ.
-    inv_temperature: f64,
+    /// `align.logit_scale`; `exp` of it is 1/τ.
+    logit_scale: Tensor,
     text_proj: candle_nn::Linear,
     region_embed: Tensor,
     router: candle_nn::Linear,
     experts: Vec<Mlp>,
     region_logit: candle_nn::Linear,
     region_attn: candle_nn::Linear,
-    global_norm: candle_nn::LayerNorm,
+    global_norm: LayerNorm,
     global_fc: candle_nn::Linear,
 }
 
@@ -203,6 +264,17 @@ impl SfamHead {
     /// # Errors
     /// [`ModelError`] for a missing or misshapen tensor.
     pub fn from_weights(config: HeadConfig, weights: &Weights) -> Result<Self, ModelError> {
+        Self::from_getter(config, &|key: &str, shape: &[usize]| {
+            weights.get(key, shape)
+        })
+    }
+
+    /// Builds the head from `get`, which returns the tensor of a full key
+    /// (`align.adapter.fc1.weight` …) with the given shape.
+    ///
+    /// # Errors
+    /// What `get` returns for a missing or misshapen tensor.
+    pub fn from_getter(config: HeadConfig, get: &TensorGetter<'_>) -> Result<Self, ModelError> {
         let (d, p, r, e) = (
             config.dim,
             config.prompts.len(),
@@ -210,37 +282,22 @@ impl SfamHead {
             config.num_experts,
         );
         let eps = config.layer_norm_eps;
-        let root = weights.pp("");
-        let align = root.pp("align");
-        let moe = root.pp("moe");
-        let head = root.pp("head");
-        let prompts = l2_normalize(&root.pp("prompts").get("embeds", &[p, d])?)?;
-        let logit_scale = align
-            .get_as("logit_scale", &[], DType::F32)?
-            .to_scalar::<f32>()?;
         let experts = (0..e)
-            .map(|i| {
-                Mlp::new(
-                    &moe.pp("experts").pp(&i.to_string()),
-                    d,
-                    config.expert_hidden,
-                    d,
-                )
-            })
+            .map(|i| Mlp::new(get, &format!("moe.experts.{i}"), d, config.expert_hidden, d))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            prompts,
-            adapter_norm: align.pp("adapter").pp("norm").layer_norm(d, eps)?,
-            adapter: Mlp::new(&align.pp("adapter"), d, config.adapter_hidden, d)?,
-            inv_temperature: f64::from(logit_scale).exp(),
-            text_proj: align.pp("text_proj").linear(d, d)?,
-            region_embed: moe.get("region_embed", &[r, d])?,
-            router: moe.pp("router").linear(d, e)?,
+            prompts: get("prompts.embeds", &[p, d])?,
+            adapter_norm: layer_norm(get, "align.adapter.norm", d, eps)?,
+            adapter: Mlp::new(get, "align.adapter", d, config.adapter_hidden, d)?,
+            logit_scale: get("align.logit_scale", &[])?,
+            text_proj: linear(get, "align.text_proj", d, d)?,
+            region_embed: get("moe.region_embed", &[r, d])?,
+            router: linear(get, "moe.router", d, e)?,
             experts,
-            region_logit: head.pp("region_logit").linear(d, 1)?,
-            region_attn: head.pp("region_attn").linear(d, 1)?,
-            global_norm: head.pp("global").pp("norm").layer_norm(d, eps)?,
-            global_fc: head.pp("global").pp("fc").linear(d, 1)?,
+            region_logit: linear(get, "head.region_logit", d, 1)?,
+            region_attn: linear(get, "head.region_attn", d, 1)?,
+            global_norm: layer_norm(get, "head.global.norm", d, eps)?,
+            global_fc: linear(get, "head.global.fc", d, 1)?,
             config,
         })
     }
@@ -252,9 +309,11 @@ impl SfamHead {
     }
 
     /// The unit prompt vectors `[P, D]`.
-    #[must_use]
-    pub fn prompt_embeds(&self) -> &Tensor {
-        &self.prompts
+    ///
+    /// # Errors
+    /// A tensor error.
+    pub fn prompt_embeds(&self) -> candle_core::Result<Tensor> {
+        l2_normalize(&self.prompts)
     }
 
     /// Replaces the prompts (texts and their vectors, e.g. from the CLIP
@@ -320,20 +379,23 @@ impl SfamHead {
         let global = global.to_dtype(DType::F32)?;
 
         // Patch-level alignment.
-        let t = &self.prompts;
+        let t = &l2_normalize(&self.prompts)?;
         let a = (&patches
             + self
                 .adapter
                 .forward(&self.adapter_norm.forward(&patches)?)?)?;
-        let logits = (l2_normalize(&a)?.broadcast_matmul(&t.t()?)? * self.inv_temperature)?;
-        let w = candle_nn::ops::softmax_last_dim(&logits)?; // [B, N, P]
+        let inv_temperature = self.logit_scale.to_dtype(DType::F32)?.exp()?;
+        let logits = l2_normalize(&a)?
+            .broadcast_matmul(&t.t()?)?
+            .broadcast_mul(&inv_temperature)?;
+        let w = softmax(&logits)?; // [B, N, P]
         let z = (&a + self.text_proj.forward(&w.broadcast_matmul(t)?)?)?;
 
         // Region features, routing, experts.
         let weight_sum = (masks.sum_keepdim(D::Minus1)? + c.mask_eps)?;
         let f = masks.matmul(&z)?.broadcast_div(&weight_sum)?; // [B, R, D]
         let h = f.broadcast_add(&self.region_embed)?;
-        let probs = candle_nn::ops::softmax_last_dim(&self.router.forward(&h)?)?; // [B, R, E]
+        let probs = softmax(&self.router.forward(&h)?)?; // [B, R, E]
         let routing = top_k_gates(&probs, c.top_k)?;
         let mut o = h.zeros_like()?;
         for (e, expert) in self.experts.iter().enumerate() {
@@ -343,8 +405,7 @@ impl SfamHead {
 
         // Logits.
         let region_logits = self.region_logit.forward(&o)?.squeeze(D::Minus1)?;
-        let beta =
-            candle_nn::ops::softmax_last_dim(&self.region_attn.forward(&o)?.squeeze(D::Minus1)?)?;
+        let beta = softmax(&self.region_attn.forward(&o)?.squeeze(D::Minus1)?)?;
         let contributions = (&beta * &region_logits)?;
         let global_logit = self
             .global_fc
@@ -361,13 +422,16 @@ impl SfamHead {
             region_contributions: contributions,
             router_probs: probs,
             routing,
+            alignment_logits: logits,
             alignment_maps: w.transpose(1, 2)?.contiguous()?,
         })
     }
 }
 
 /// Keeps the `k` largest probabilities of each row (ties: the lower
-/// expert index first), renormalised to sum to 1; zeros elsewhere.
+/// expert index first), renormalised to sum to 1; zeros elsewhere. The
+/// choice is made on the values; the result is a product of `probs` with
+/// that fixed choice, so gradients flow to the router.
 #[allow(clippy::many_single_char_names)]
 fn top_k_gates(probs: &Tensor, k: usize) -> candle_core::Result<Tensor> {
     let (b, r, e) = probs.dims3()?;
@@ -375,17 +439,18 @@ fn top_k_gates(probs: &Tensor, k: usize) -> candle_core::Result<Tensor> {
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let mut gates = vec![0.0_f32; p.len()];
-    for (row, out) in p.chunks(e).zip(gates.chunks_mut(e)) {
+    let mut keep = vec![0.0_f32; p.len()];
+    for (row, out) in p.chunks(e).zip(keep.chunks_mut(e)) {
         let mut idx: Vec<usize> = (0..e).collect();
         idx.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
-        let kept = &idx[..k.min(e)];
-        let total: f32 = kept.iter().map(|&i| row[i]).sum();
-        for &i in kept {
-            out[i] = if total > 0.0 { row[i] / total } else { 0.0 };
+        for &i in &idx[..k.min(e)] {
+            out[i] = 1.0;
         }
     }
-    Tensor::from_vec(gates, (b, r, e), probs.device())
+    let keep = Tensor::from_vec(keep, (b, r, e), probs.device())?;
+    let kept = (probs.to_dtype(DType::F32)? * keep)?;
+    let total = kept.sum_keepdim(D::Minus1)?.clamp(1e-20, f64::MAX)?;
+    kept.broadcast_div(&total)
 }
 
 #[cfg(test)]

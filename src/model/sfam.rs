@@ -12,9 +12,11 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::clip::{ClipModel, Towers};
+use super::faceres::{self, FaceResBackbone};
 use super::heads::{HeadOutput, SfamHead};
 use super::preprocess::{preprocess_clip, to_tensor};
 use super::{Backbone, ModelError};
+use crate::face::align::AlignedFace;
 use crate::face::regions::{REGIONS, region_masks};
 use crate::face::template::{ALIGNED_SIZE, TEMPLATE_LANDMARKS};
 
@@ -120,14 +122,32 @@ impl std::fmt::Debug for SfamModel {
 }
 
 impl SfamModel {
-    /// Loads a model folder: the CLIP image tower from `config.json` +
-    /// `model.safetensors` (its text tower's keys are skipped: the prompt
-    /// vectors are stored with the head) and the head.
+    /// Loads a model folder: the head (`sfam_head.*`) and its backbone —
+    /// `faceres.safetensors` when present (the bundled default model), else
+    /// the CLIP image tower from `config.json` + `model.safetensors` (its
+    /// text tower's keys are skipped: the prompt vectors are stored with the
+    /// head).
     ///
     /// # Errors
     /// [`ModelError`] naming the file that is missing or wrong, or the
     /// mismatch between backbone and head.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let faceres = dir.join(faceres::BACKBONE_FILE);
+        if faceres.is_file() {
+            let head = SfamHead::load(
+                &dir.join(HEAD_CONFIG_FILE),
+                &dir.join(HEAD_WEIGHTS_FILE),
+                device,
+            )?;
+            let backbone = FaceResBackbone::load(&faceres, head.config().dim, device)?;
+            return Self::new(Box::new(backbone), head, device).map_err(|e| match e {
+                ModelError::Input(message) => ModelError::Config {
+                    path: dir.join(HEAD_CONFIG_FILE),
+                    message,
+                },
+                other => other,
+            });
+        }
         let clip = ClipModel::load(dir, Towers::Vision, device)?;
         let head = SfamHead::load(
             &dir.join(HEAD_CONFIG_FILE),
@@ -278,6 +298,26 @@ impl SfamModel {
         }
         let pixels = self.pixels(faces)?;
         let masks = self.template_masks()?;
+        self.forward(&pixels, &masks)
+    }
+
+    /// Scores faces from the face pipeline: each face's region masks come
+    /// from its own landmarks in the aligned face (the way the bundled
+    /// model was trained). The one entry point for scoring detected faces.
+    ///
+    /// # Errors
+    /// As [`SfamModel::forward`].
+    pub fn inspect_faces(&self, faces: &[&AlignedFace]) -> Result<Vec<SfamOutput>, ModelError> {
+        if faces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let images: Vec<RgbImage> = faces.iter().map(|f| f.image.clone()).collect();
+        let pixels = self.pixels(&images)?;
+        let masks = faces
+            .iter()
+            .map(|f| self.region_masks(&f.landmarks_aligned))
+            .collect::<Result<Vec<_>, _>>()?;
+        let masks = Tensor::stack(&masks, 0)?;
         self.forward(&pixels, &masks)
     }
 }

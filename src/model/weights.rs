@@ -123,6 +123,12 @@ impl Weights {
         self.index.keys().map(String::as_str)
     }
 
+    /// The shape of `name` in the file, if it is there.
+    #[must_use]
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.index.get(name).map(|(shape, _)| shape.clone())
+    }
+
     /// Fetches `name`, which must have exactly `shape`.
     ///
     /// # Errors

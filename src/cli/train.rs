@@ -1,0 +1,186 @@
+//! `sfam train`: trains SFAM heads on a backbone (see `sfam_studio::train`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use sfam_studio::model::DeviceSpec;
+use sfam_studio::train::{BackboneChoice, TrainEvent, TrainOptions, train};
+
+/// Which backbone to train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackboneKind {
+    /// The bundled face-pretrained faceres network (`models/faceres/`).
+    Faceres,
+    /// A CLIP model folder given by `--clip` (image tower frozen).
+    Clip,
+}
+
+/// Arguments of `sfam train`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Dataset roots: ROOT/<dataset>/{real,fake}/… (a `groups.csv` in a
+    /// dataset folder, `file,source_video`, keeps each source video on one
+    /// side of the train/validation split).
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Output folder: checkpoints, `best/` (the model), `train_log.csv`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Backbone.
+    #[arg(long, value_enum, default_value_t = BackboneKind::Faceres)]
+    pub backbone: BackboneKind,
+    /// CLIP model folder (`--backbone clip`).
+    #[arg(long, required_if_eq("backbone", "clip"))]
+    pub clip: Option<PathBuf>,
+    /// faceres weights.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/faceres/faceres.safetensors"))]
+    pub faceres: PathBuf,
+    /// faceres blocks fine-tuned, counted from the end (0 = frozen).
+    #[arg(long, default_value_t = 4)]
+    pub train_blocks: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    /// Faces per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Faces per epoch, balanced over dataset × label.
+    #[arg(long, default_value_t = 3072)]
+    pub samples_per_epoch: usize,
+    /// Peak learning rate of the head (the backbone gets a tenth).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Token dimension of the head.
+    #[arg(long, default_value_t = 256)]
+    pub dim: usize,
+    /// Experts per region.
+    #[arg(long, default_value_t = 4)]
+    pub experts: usize,
+    /// Share of self-blended fakes per epoch (0 turns them off).
+    #[arg(long, default_value_t = 0.15)]
+    pub self_blend: f64,
+    /// Share of source groups held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start afresh even if OUT/checkpoint exists.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Compute device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceSpec))]
+    pub device: DeviceSpec,
+}
+
+/// Runs `sfam train`.
+///
+/// # Errors
+/// Bad data or options, a model that cannot be built, a file that cannot be written.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let backbone = match args.backbone {
+        BackboneKind::Faceres => BackboneChoice::FaceRes {
+            weights: args.faceres.clone(),
+            train_blocks: args.train_blocks,
+        },
+        BackboneKind::Clip => BackboneChoice::Clip {
+            dir: args
+                .clip
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--backbone clip needs --clip DIR"))?,
+        },
+    };
+    let mut opts = TrainOptions::new(args.data.clone(), args.out.clone(), backbone);
+    opts.epochs = args.epochs;
+    opts.batch = args.batch;
+    opts.samples_per_epoch = args.samples_per_epoch;
+    opts.lr = args.lr;
+    opts.dim = args.dim;
+    opts.experts = args.experts;
+    opts.self_blend = args.self_blend;
+    opts.val_fraction = args.val_fraction;
+    opts.seed = args.seed;
+    opts.resume = !args.no_resume;
+    opts.device = args.device.open()?;
+
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}  {per_sec}  eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    // A hidden bar drops `println`: log lines go to stderr directly then.
+    let say = |m: String| {
+        if terminal {
+            bar.println(m);
+        } else {
+            eprintln!("{m}");
+        }
+    };
+    let mut smoothed: Option<f64> = None;
+    let cancel = AtomicBool::new(false);
+    let summary = train(
+        &opts,
+        &mut |event| match event {
+            TrainEvent::Message(m) => say(m),
+            TrainEvent::Faces { done, total } => say(format!("faces: {done}/{total}")),
+            TrainEvent::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            } => {
+                let s = smoothed.map_or(loss, |s| 0.95 * s + 0.05 * loss);
+                smoothed = Some(s);
+                if step == 1 {
+                    bar.set_length(steps as u64);
+                    bar.reset();
+                    bar.set_prefix(epoch.to_string());
+                }
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {s:.4}"));
+                if !terminal && (step % 10 == 0 || step == steps) {
+                    eprintln!("epoch {epoch} step {step}/{steps} loss {s:.4}");
+                }
+            }
+            TrainEvent::Epoch(row) => {
+                let aucs: Vec<String> = row
+                    .val_auc
+                    .iter()
+                    .map(|(n, a)| format!("{n} {}", a.map_or("-".into(), |a| format!("{a:.3}"))))
+                    .collect();
+                say(format!(
+                    "epoch {} done in {:.0} s: loss {:.4} (bce {:.4}, align {:.4}, balance {:.4}); validation AUC {} (mean {}), Cross-AUC {}",
+                    row.epoch,
+                    row.seconds,
+                    row.loss,
+                    row.bce,
+                    row.align,
+                    row.balance,
+                    aucs.join(", "),
+                    row.val_auc_mean.map_or("-".into(), |a| format!("{a:.3}")),
+                    row.val_cross_auc.map_or("-".into(), |a| format!("{a:.3}")),
+                ));
+            }
+        },
+        &cancel,
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "best epoch {}: model in {}",
+        summary.best_epoch,
+        summary.best_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

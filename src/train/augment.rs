@@ -1,0 +1,424 @@
+//! Training augmentations on aligned faces, and self-blended fakes.
+//!
+//! Every function takes the aligned face (`ALIGNED_SIZE`², RGB) and a
+//! seeded random generator, so a training run is reproducible. The
+//! augmentations are those of issue 6: horizontal flip, colour jitter,
+//! JPEG re-compression, blur, downscaling — plus a random black border,
+//! which every domain gets so that the black margins of aligned tight crops
+//! (DFDC) cannot become a cue.
+//!
+//! A self-blended fake (after Shiohara & Yamasaki, "Detecting Deepfakes
+//! with Self-Blended Images", CVPR 2022) is a real face blended with a
+//! colour- and geometry-transformed copy of itself inside a face-shaped
+//! (or region-shaped) soft mask; the mask gives the alignment target.
+
+use image::{Rgb, RgbImage, imageops};
+use rand::Rng;
+
+use crate::face::align::{Affine, warp};
+use crate::face::regions::{REGIONS, Region, region_masks};
+
+/// How strong each augmentation is and how often it is applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AugmentOptions {
+    /// Probability of a horizontal flip.
+    pub flip: f64,
+    /// Probability of colour jitter (brightness, contrast, saturation ±20 %).
+    pub color: f64,
+    /// Probability of JPEG re-compression (quality 40–95).
+    pub jpeg: f64,
+    /// Probability of a Gaussian blur (σ 0.4–1.4 px).
+    pub blur: f64,
+    /// Probability of downscaling (to 35–80 %) and upscaling back.
+    pub downscale: f64,
+    /// Probability of a random black border (0–25 % per side).
+    pub border: f64,
+}
+
+impl Default for AugmentOptions {
+    fn default() -> Self {
+        Self {
+            flip: 0.5,
+            color: 0.5,
+            jpeg: 0.3,
+            blur: 0.15,
+            downscale: 0.25,
+            border: 0.3,
+        }
+    }
+}
+
+impl AugmentOptions {
+    /// No augmentation (validation).
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            flip: 0.0,
+            color: 0.0,
+            jpeg: 0.0,
+            blur: 0.0,
+            downscale: 0.0,
+            border: 0.0,
+        }
+    }
+}
+
+/// Mirrors 5 landmarks of a `size`-wide image: x ↦ size − 1 − x, and the
+/// left/right pairs (eyes, mouth corners) swap places.
+#[must_use]
+pub fn mirror_landmarks(l: &[[f32; 2]; 5], size: f32) -> [[f32; 2]; 5] {
+    let m = |p: [f32; 2]| [size - 1.0 - p[0], p[1]];
+    [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])]
+}
+
+/// Brightness, contrast and saturation factors applied in one pass.
+pub fn color_jitter(img: &mut RgbImage, brightness: f32, contrast: f32, saturation: f32) {
+    #[allow(clippy::cast_precision_loss)]
+    let mean = {
+        let n = (img.width() * img.height()).max(1) as f32;
+        img.pixels()
+            .map(|p| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]))
+            .sum::<f32>()
+            / n
+    };
+    for p in img.pixels_mut() {
+        let c = p.0.map(|v| f32::from(v) * brightness);
+        let gray = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let out = c.map(|v| {
+            let v = gray + (v - gray) * saturation;
+            let v = mean * brightness + (v - mean * brightness) * contrast;
+            v.round().clamp(0.0, 255.0) as u8
+        });
+        p.0 = out;
+    }
+}
+
+/// Re-encodes as JPEG at `quality` and decodes again (unchanged when
+/// encoding fails, which it does not for RGB8).
+#[must_use]
+pub fn jpeg(img: &RgbImage, quality: u8) -> RgbImage {
+    let mut bytes = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+    if img.write_with_encoder(enc).is_err() {
+        return img.clone();
+    }
+    match image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg) {
+        Ok(d) => d.to_rgb8(),
+        Err(_) => img.clone(),
+    }
+}
+
+/// Downscales by `factor` (bilinear) and back to the original size.
+#[must_use]
+pub fn downscale(img: &RgbImage, factor: f32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let (sw, sh) = (
+        ((w as f32 * factor).round() as u32).max(8),
+        ((h as f32 * factor).round() as u32).max(8),
+    );
+    let small = imageops::resize(img, sw, sh, imageops::FilterType::Triangle);
+    imageops::resize(&small, w, h, imageops::FilterType::Triangle)
+}
+
+/// Blacks out everything outside `[x0, x1) × [y0, y1)`.
+pub fn black_border(img: &mut RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) {
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        if x < x0 || x >= x1 || y < y0 || y >= y1 {
+            *p = Rgb([0, 0, 0]);
+        }
+    }
+}
+
+/// Applies the augmentations of `opts` to an aligned face; returns whether
+/// it was flipped (the caller mirrors landmarks and left/right targets).
+pub fn augment<R: Rng>(img: &mut RgbImage, opts: &AugmentOptions, rng: &mut R) -> bool {
+    let flipped = rng.random_bool(opts.flip.clamp(0.0, 1.0));
+    if flipped {
+        imageops::flip_horizontal_in_place(img);
+    }
+    if rng.random_bool(opts.color.clamp(0.0, 1.0)) {
+        let b = rng.random_range(0.8..1.2);
+        let c = rng.random_range(0.8..1.2);
+        let s = rng.random_range(0.8..1.2);
+        color_jitter(img, b, c, s);
+    }
+    if rng.random_bool(opts.downscale.clamp(0.0, 1.0)) {
+        *img = downscale(img, rng.random_range(0.35..0.8));
+    }
+    if rng.random_bool(opts.blur.clamp(0.0, 1.0)) {
+        *img = imageops::blur(img, rng.random_range(0.4..1.4));
+    }
+    if rng.random_bool(opts.jpeg.clamp(0.0, 1.0)) {
+        *img = jpeg(img, rng.random_range(40..=95));
+    }
+    if rng.random_bool(opts.border.clamp(0.0, 1.0)) {
+        let (w, h) = img.dimensions();
+        let m = w / 4;
+        let x0 = rng.random_range(0..=m);
+        let y0 = rng.random_range(0..=m);
+        let x1 = w - rng.random_range(0..=m);
+        let y1 = h - rng.random_range(0..=m);
+        black_border(img, x0, y0, x1, y1);
+    }
+    flipped
+}
+
+/// What a self-blended fake was blended over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlendKind {
+    /// The whole inner face (an ellipse through the landmarks).
+    Face,
+    /// One region (eyes, nose or mouth), like a local edit.
+    Region(Region),
+}
+
+/// A self-blended fake: the image and its soft blending mask (one value in
+/// [0, 1] per pixel, row-major).
+#[derive(Debug, Clone)]
+pub struct SelfBlend {
+    /// The blended face.
+    pub image: RgbImage,
+    /// The blending mask, `width × height`, row-major.
+    pub mask: Vec<f32>,
+    /// Where it was blended.
+    pub kind: BlendKind,
+}
+
+/// Blends `img` (an aligned face with landmarks `landmarks`) with a
+/// transformed copy of itself: colour shift, slight scale and shift,
+/// blur or sharpening, inside a soft mask over the face or over one region.
+#[must_use]
+#[allow(clippy::many_single_char_names, clippy::too_many_lines)] // w, h, t (transform), cx, cy
+pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: &[[f32; 2]; 5], rng: &mut R) -> SelfBlend {
+    let (w, h) = img.dimensions();
+    // The source: a transformed copy.
+    let mut src = img.clone();
+    let gains = [
+        rng.random_range(0.9..1.1_f32),
+        rng.random_range(0.9..1.1_f32),
+        rng.random_range(0.9..1.1_f32),
+    ];
+    let bright = rng.random_range(0.9..1.1_f32);
+    for p in src.pixels_mut() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let out = [0, 1, 2].map(|c| {
+            (f32::from(p[c]) * gains[c] * bright)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        });
+        p.0 = out;
+    }
+    let scale = rng.random_range(0.96..1.04_f32);
+    let (dx, dy) = (
+        rng.random_range(-3.0..3.0_f32),
+        rng.random_range(-3.0..3.0_f32),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    // aligned → source: x' = (x − c)/s + c + d
+    let t: Affine = [
+        [1.0 / scale, 0.0, cx - cx / scale + dx],
+        [0.0, 1.0 / scale, cy - cy / scale + dy],
+    ];
+    src = warp(&src, &t, w);
+    match rng.random_range(0..3) {
+        0 => src = imageops::blur(&src, rng.random_range(0.5..1.5)),
+        1 => src = imageops::unsharpen(&src, rng.random_range(0.5..1.5), 2),
+        _ => {}
+    }
+    if rng.random_bool(0.3) {
+        src = jpeg(&src, rng.random_range(50..=90));
+    }
+
+    // The mask.
+    let kind = if rng.random_bool(0.5) {
+        BlendKind::Face
+    } else {
+        BlendKind::Region(
+            [
+                Region::LeftEye,
+                Region::RightEye,
+                Region::Nose,
+                Region::Mouth,
+            ][rng.random_range(0..4)],
+        )
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mut mask = match kind {
+        BlendKind::Face => {
+            let eye_dist = ((landmarks[1][0] - landmarks[0][0]).powi(2)
+                + (landmarks[1][1] - landmarks[0][1]).powi(2))
+            .sqrt()
+            .max(4.0);
+            let centre = [
+                landmarks.iter().map(|p| p[0]).sum::<f32>() / 5.0,
+                landmarks.iter().map(|p| p[1]).sum::<f32>() / 5.0 - 0.1 * eye_dist,
+            ];
+            let rx = eye_dist * rng.random_range(0.95..1.25);
+            let ry = eye_dist * rng.random_range(1.25..1.6);
+            let mut m = vec![0.0_f32; (w * h) as usize];
+            for y in 0..h {
+                for x in 0..w {
+                    let u = (x as f32 - centre[0]) / rx;
+                    let v = (y as f32 - centre[1]) / ry;
+                    if u * u + v * v <= 1.0 {
+                        m[(y * w + x) as usize] = 1.0;
+                    }
+                }
+            }
+            m
+        }
+        BlendKind::Region(r) => {
+            let masks = region_masks(landmarks, w as f32, w as usize);
+            let idx = REGIONS.iter().position(|q| *q == r).unwrap_or(0);
+            masks.get(idx).map_or_else(
+                || vec![0.0; (w * h) as usize],
+                |m| m.iter().map(|&v| if v > 0.3 { 1.0 } else { 0.0 }).collect(),
+            )
+        }
+    };
+    // Soften the edge.
+    let sigma = rng.random_range(2.0..6.0_f32);
+    mask = blur_mask(&mask, w, h, sigma);
+    let ratio = if rng.random_bool(0.5) {
+        1.0
+    } else {
+        rng.random_range(0.5..1.0_f32)
+    };
+    let mut out = img.clone();
+    for ((p, s), &m) in out.pixels_mut().zip(src.pixels()).zip(&mask) {
+        let a = m * ratio;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let v = [0, 1, 2].map(|c| {
+            (f32::from(s[c]) * a + f32::from(p[c]) * (1.0 - a))
+                .round()
+                .clamp(0.0, 255.0) as u8
+        });
+        p.0 = v;
+    }
+    for m in &mut mask {
+        *m *= ratio;
+    }
+    SelfBlend {
+        image: out,
+        mask,
+        kind,
+    }
+}
+
+/// Gaussian blur of a single-channel mask (through the image crate's blur
+/// on a 16-bit luma buffer).
+fn blur_mask(mask: &[f32], w: u32, h: u32, sigma: f32) -> Vec<f32> {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let buf: Vec<u16> = mask
+        .iter()
+        .map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
+        .collect();
+    let Some(img) = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(w, h, buf) else {
+        return mask.to_vec();
+    };
+    let b = imageops::blur(&img, sigma);
+    b.into_raw()
+        .into_iter()
+        .map(|v| f32::from(v) / 65535.0)
+        .collect()
+}
+
+/// Averages a full-resolution mask over a `grid × grid` patch grid.
+#[must_use]
+pub fn mask_to_grid(mask: &[f32], w: u32, h: u32, grid: usize) -> Vec<f32> {
+    let mut sums = vec![0.0_f32; grid * grid];
+    let mut counts = vec![0_u32; grid * grid];
+    for y in 0..h {
+        for x in 0..w {
+            let gy = (y as usize * grid) / h as usize;
+            let gx = (x as usize * grid) / w as usize;
+            sums[gy * grid + gx] += mask[(y * w + x) as usize];
+            counts[gy * grid + gx] += 1;
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    sums.iter()
+        .zip(&counts)
+        .map(|(&s, &c)| if c == 0 { 0.0 } else { s / c as f32 })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::face::template::TEMPLATE_LANDMARKS;
+    use rand::SeedableRng;
+
+    fn face() -> RgbImage {
+        RgbImage::from_fn(224, 224, |x, y| {
+            #[allow(clippy::cast_possible_truncation)]
+            Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        })
+    }
+
+    #[test]
+    fn mirroring_twice_is_identity_and_swaps_eyes() {
+        let m = mirror_landmarks(&TEMPLATE_LANDMARKS, 224.0);
+        assert!(m[0][0] < m[1][0], "left eye stays on the left");
+        let back = mirror_landmarks(&m, 224.0);
+        for (a, b) in back.iter().zip(&TEMPLATE_LANDMARKS) {
+            assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn augmentation_is_seeded() {
+        let opts = AugmentOptions {
+            flip: 0.5,
+            color: 1.0,
+            jpeg: 1.0,
+            blur: 1.0,
+            downscale: 1.0,
+            border: 1.0,
+        };
+        let run = |seed| {
+            let mut img = face();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            augment(&mut img, &opts, &mut rng);
+            img
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+        assert_ne!(run(3), face());
+    }
+
+    #[test]
+    fn self_blend_changes_only_inside_the_mask() {
+        let img = face();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..6 {
+            let sb = self_blend(&img, &TEMPLATE_LANDMARKS, &mut rng);
+            assert_eq!(sb.mask.len(), 224 * 224);
+            let inside = sb.mask.iter().filter(|&&m| m > 0.5).count();
+            assert!(inside > 50, "{:?}: {inside}", sb.kind);
+            for ((a, b), &m) in sb.image.pixels().zip(img.pixels()).zip(&sb.mask) {
+                if m < 1e-4 {
+                    assert_eq!(a, b);
+                }
+            }
+            let grid = mask_to_grid(&sb.mask, 224, 224, 14);
+            assert_eq!(grid.len(), 196);
+            assert!(grid.iter().any(|&v| v > 0.2));
+        }
+    }
+
+    #[test]
+    fn black_border_keeps_the_window() {
+        let mut img = face();
+        black_border(&mut img, 10, 20, 200, 210);
+        assert_eq!(img.get_pixel(5, 100).0, [0, 0, 0]);
+        assert_eq!(img.get_pixel(100, 100).0, face().get_pixel(100, 100).0);
+    }
+}

@@ -1,0 +1,408 @@
+//! The network being trained: a backbone (faceres with its last blocks
+//! trainable, or a frozen CLIP image tower) and the SFAM heads on trainable
+//! variables, saved as a model folder that [`crate::model::SfamModel::load`]
+//! reads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{Init, Module, VarBuilder, VarMap};
+
+use super::TrainError;
+use crate::model::clip::{ClipModel, Towers};
+use crate::model::faceres::{
+    self, BACKBONE_FILE, BLOCKS, FaceRes, PATCH_BLOCK, PATCH_DIM, POOLED_DIM, depthwise_tensor,
+    pointwise_tensor,
+};
+use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
+use crate::model::sfam::{HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
+use crate::model::{Backbone, ClipVisionTransformer, ModelError, Weights};
+
+/// Which backbone to train on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackboneChoice {
+    /// faceres from this safetensors file (`models/faceres/faceres.safetensors`),
+    /// its last `train_blocks` blocks fine-tuned (0 = frozen).
+    FaceRes {
+        /// The converted faceres weights.
+        weights: PathBuf,
+        /// How many of the 13 blocks, counted from the end, are trained.
+        train_blocks: usize,
+    },
+    /// A CLIP model folder (`config.json` + `model.safetensors`); the image
+    /// tower stays frozen.
+    Clip {
+        /// The folder.
+        dir: PathBuf,
+    },
+}
+
+enum Body {
+    FaceRes {
+        net: FaceRes,
+        /// Index of the first trained block.
+        first: usize,
+        /// The frozen tensors, for saving.
+        frozen: HashMap<String, Tensor>,
+        proj_patch: candle_nn::Linear,
+        proj_global: candle_nn::Linear,
+    },
+    Clip {
+        vision: ClipVisionTransformer,
+        dir: PathBuf,
+    },
+}
+
+/// The trainable model.
+pub struct TrainNet {
+    body: Body,
+    backbone_vars: VarMap,
+    head_vars: VarMap,
+    head: SfamHead,
+    config: HeadConfig,
+    device: Device,
+}
+
+/// Initial value of a head tensor, by its key.
+fn head_init(key: &str, shape: &[usize]) -> Init {
+    let fan_in = shape.last().copied().unwrap_or(1).max(1);
+    #[allow(clippy::cast_precision_loss)]
+    let kaiming = Init::Randn {
+        mean: 0.0,
+        stdev: (1.0 / fan_in as f64).sqrt(),
+    };
+    if key == "align.logit_scale" {
+        Init::Const((1.0_f64 / 0.07).ln())
+    } else if key == "prompts.embeds" {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        }
+    } else if key == "moe.region_embed" {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        }
+    } else if key.ends_with("norm.weight") {
+        Init::Const(1.0)
+    } else if key.rsplit('.').next() == Some("bias") {
+        Init::Const(0.0)
+    } else if key == "align.adapter.fc2.weight" || key == "align.text_proj.weight" {
+        // Residual branches start near zero: the head starts from the
+        // backbone's own tokens.
+        Init::Randn {
+            mean: 0.0,
+            stdev: 1e-3,
+        }
+    } else if key.starts_with("head.") {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        }
+    } else {
+        kaiming
+    }
+}
+
+fn var_get(
+    vb: &VarBuilder<'_>,
+    key: &str,
+    shape: &[usize],
+    init: Init,
+) -> Result<Tensor, ModelError> {
+    Ok(vb.get_with_hints(shape.to_vec(), key, init)?)
+}
+
+impl TrainNet {
+    /// Builds the network: pretrained backbone weights, fresh head.
+    ///
+    /// # Errors
+    /// [`TrainError::Model`] when the backbone cannot be loaded or does not
+    /// fit the head configuration.
+    #[allow(clippy::too_many_lines)]
+    pub fn new(
+        choice: &BackboneChoice,
+        mut config: HeadConfig,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let mut backbone_vars = VarMap::new();
+        let head_vars = VarMap::new();
+        let body = match choice {
+            BackboneChoice::FaceRes {
+                weights,
+                train_blocks,
+            } => {
+                let ws = Weights::open(weights, DType::F32, device)?;
+                let net = FaceRes::from_weights(&ws)?;
+                let first = BLOCKS.len() - (*train_blocks).min(BLOCKS.len());
+                let vb = VarBuilder::from_varmap(&backbone_vars, DType::F32, device);
+                let mut frozen = HashMap::new();
+                let keys: Vec<String> = ws.keys().map(str::to_owned).collect();
+                for key in keys {
+                    let shape = ws.shape_of(&key).unwrap_or_default();
+                    let t = ws.get(&key, &shape)?;
+                    let block = key
+                        .strip_prefix("dw")
+                        .or_else(|| key.strip_prefix("pw"))
+                        .and_then(|r| r.split('.').next())
+                        .and_then(|n| n.parse::<usize>().ok());
+                    match block {
+                        Some(n) if n > first => {
+                            let v = vb.get_with_hints(t.dims(), &key, Init::Const(0.0))?;
+                            drop(v);
+                            backbone_vars.set_one(&key, &t)?;
+                        }
+                        _ => {
+                            frozen.insert(key, t);
+                        }
+                    }
+                }
+                ws.finish()?;
+                let d = config.dim;
+                let lin = |name: &str, d_in: usize| -> Result<candle_nn::Linear, ModelError> {
+                    #[allow(clippy::cast_precision_loss)]
+                    let init = Init::Randn {
+                        mean: 0.0,
+                        stdev: (1.0 / d_in as f64).sqrt(),
+                    };
+                    Ok(candle_nn::Linear::new(
+                        var_get(&vb, &format!("{name}.weight"), &[d, d_in], init)?,
+                        Some(var_get(
+                            &vb,
+                            &format!("{name}.bias"),
+                            &[d],
+                            Init::Const(0.0),
+                        )?),
+                    ))
+                };
+                let proj_patch = lin("proj_patch", PATCH_DIM)?;
+                let proj_global = lin("proj_global", POOLED_DIM)?;
+                config.grid = [
+                    faceres::INPUT_SIZE / faceres::PATCH_STRIDE,
+                    faceres::INPUT_SIZE / faceres::PATCH_STRIDE,
+                ];
+                config.backbone = Some(format!(
+                    "faceres (last {} blocks fine-tuned)",
+                    BLOCKS.len() - first
+                ));
+                Body::FaceRes {
+                    net,
+                    first,
+                    frozen,
+                    proj_patch,
+                    proj_global,
+                }
+            }
+            BackboneChoice::Clip { dir } => {
+                let clip = ClipModel::load(dir, Towers::Vision, device)?;
+                let vision = clip.into_vision().ok_or_else(|| {
+                    TrainError::Model(ModelError::Config {
+                        path: dir.clone(),
+                        message: "no image tower".into(),
+                    })
+                })?;
+                let (gh, gw) = vision.grid();
+                config.grid = [gh, gw];
+                config.dim = vision.dim();
+                config.backbone = Some("CLIP image tower (frozen)".into());
+                Body::Clip {
+                    vision,
+                    dir: dir.clone(),
+                }
+            }
+        };
+        config
+            .validate()
+            .map_err(|m| TrainError::Model(ModelError::Input(m)))?;
+        let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
+        let head = SfamHead::from_getter(config.clone(), &|key: &str, shape: &[usize]| {
+            var_get(&vb, key, shape, head_init(key, shape))
+        })?;
+        Ok(Self {
+            body,
+            backbone_vars,
+            head_vars,
+            head,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// The head configuration (grid and dimension set from the backbone).
+    #[must_use]
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+
+    /// The device.
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Side of the input, pixels.
+    #[must_use]
+    pub fn input_size(&self) -> usize {
+        match &self.body {
+            Body::FaceRes { .. } => faceres::INPUT_SIZE,
+            Body::Clip { vision, .. } => vision.input_size(),
+        }
+    }
+
+    /// Input normalisation (mean, std), as for inference.
+    #[must_use]
+    pub fn normalization(&self) -> ([f32; 3], [f32; 3]) {
+        match &self.body {
+            Body::FaceRes { .. } => ([0.0; 3], [1.0 / 255.0; 3]),
+            Body::Clip { vision, .. } => vision.normalization(),
+        }
+    }
+
+    /// The trained variables of the backbone and of the head.
+    #[must_use]
+    pub fn vars(&self) -> (Vec<Var>, Vec<Var>) {
+        (self.backbone_vars.all_vars(), self.head_vars.all_vars())
+    }
+
+    /// Runs the network (with gradients through the trained variables).
+    ///
+    /// # Errors
+    /// A tensor or shape error.
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), x
+    pub fn forward(&self, pixels: &Tensor, masks: &Tensor) -> Result<HeadOutput, ModelError> {
+        let (global, patches) = match &self.body {
+            Body::FaceRes {
+                net,
+                first,
+                proj_patch,
+                proj_global,
+                ..
+            } => {
+                let data = self.backbone_vars.data();
+                let data = data
+                    .lock()
+                    .map_err(|_| ModelError::Input("variable map poisoned".into()))?;
+                let var = |k: &str| -> Result<Tensor, ModelError> {
+                    data.get(k)
+                        .map(|v| v.as_tensor().clone())
+                        .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
+                };
+                let mut x = net.forward_prefix(pixels, *first)?;
+                let mut patch = None;
+                if *first > PATCH_BLOCK {
+                    patch = Some(net.forward_prefix(pixels, PATCH_BLOCK + 1)?);
+                }
+                for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(*first) {
+                    let n = k + 1;
+                    let taps = var(&format!("dw{n}.weight"))?.reshape((cin, 9))?.t()?;
+                    let x1 = depthwise_tensor(&x, &taps, &var(&format!("dw{n}.bias"))?, stride)?;
+                    let w = var(&format!("pw{n}.weight"))?.reshape((cout, cin))?.t()?;
+                    x = pointwise_tensor(&x1, &w, &var(&format!("pw{n}.bias"))?)?;
+                    if k == PATCH_BLOCK {
+                        patch = Some(x.clone());
+                    }
+                }
+                let patch =
+                    patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
+                let (b, h, w, c) = patch.dims4()?;
+                let patches = proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
+                let (b, oh, ow, c) = x.dims4()?;
+                let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
+                (proj_global.forward(&pooled)?, patches)
+            }
+            Body::Clip { vision, .. } => {
+                let t = vision.encode(pixels)?;
+                (t.global.detach(), t.patches.detach())
+            }
+        };
+        self.head.forward(&global, &patches, masks)
+    }
+
+    /// Loads the trained variables of a model folder written by
+    /// [`Self::save`] (to resume).
+    ///
+    /// # Errors
+    /// [`TrainError`] naming the file that does not fit.
+    pub fn load_vars(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let head_path = dir.join(HEAD_WEIGHTS_FILE);
+        self.head_vars
+            .load(&head_path)
+            .map_err(|e| TrainError::Io {
+                path: head_path.clone(),
+                message: e.to_string(),
+            })?;
+        if let Body::FaceRes { .. } = self.body {
+            let path = dir.join(BACKBONE_FILE);
+            self.backbone_vars.load(&path).map_err(|e| TrainError::Io {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes a complete model folder (head config and weights, backbone),
+    /// each file atomically.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let json = serde_json::to_string_pretty(&self.config).map_err(|e| TrainError::Io {
+            path: dir.join(HEAD_CONFIG_FILE),
+            message: e.to_string(),
+        })?;
+        write_file(&dir.join(HEAD_CONFIG_FILE), json.as_bytes())?;
+        save_tensors(&dir.join(HEAD_WEIGHTS_FILE), &var_tensors(&self.head_vars)?)?;
+        match &self.body {
+            Body::FaceRes { frozen, .. } => {
+                let mut all = var_tensors(&self.backbone_vars)?;
+                all.extend(frozen.iter().map(|(k, v)| (k.clone(), v.clone())));
+                save_tensors(&dir.join(BACKBONE_FILE), &all)?;
+            }
+            Body::Clip { dir: src, .. } => {
+                for f in ["config.json", "model.safetensors"] {
+                    let bytes = std::fs::read(src.join(f)).map_err(|e| TrainError::Io {
+                        path: src.join(f),
+                        message: e.to_string(),
+                    })?;
+                    write_file(&dir.join(f), &bytes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn var_tensors(map: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
+    let data = map.data().lock().map_err(|_| TrainError::Io {
+        path: PathBuf::new(),
+        message: "variable map poisoned".into(),
+    })?;
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    crate::data::atomic::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    let io = |e: String| TrainError::Io {
+        path: path.to_path_buf(),
+        message: e,
+    };
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes = safetensors::serialize(sorted, None).map_err(|e| io(e.to_string()))?;
+    write_file(path, &bytes)
+}

@@ -1,0 +1,233 @@
+//! Training end to end on the sample faces: a tiny random CLIP backbone
+//! (frozen) and the faceres backbone (last blocks fine-tuned). The loss
+//! falls, checkpoints load through `SfamModel::load` and score exactly as
+//! the trainer's validation did, a killed run resumes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::float_cmp,
+    clippy::case_sensitive_file_extension_comparisons
+)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use sfam_studio::data::scores::read_scores;
+use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
+use sfam_studio::model::SfamModel;
+use sfam_studio::train::augment::AugmentOptions;
+use sfam_studio::train::{BackboneChoice, TrainError, TrainEvent, TrainOptions, train};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `<tmp>/<domain>/{real,fake}/` from `assets/samples/<domain>_<label>_<name>`.
+fn sample_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("assets/samples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".jpg") {
+            continue;
+        }
+        let (domain, rest) = ["ffhq_stylegan2", "ciplab", "dfdc"]
+            .iter()
+            .find_map(|d| name.strip_prefix(&format!("{d}_")).map(|r| (*d, r)))
+            .unwrap();
+        let (label, file) = rest.split_once('_').unwrap();
+        let to = dir.path().join(domain).join(label);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(&path, to.join(file)).unwrap();
+    }
+    dir
+}
+
+fn options(data: &Path, out: &Path, backbone: BackboneChoice) -> TrainOptions {
+    let mut o = TrainOptions::new(vec![data.to_path_buf()], out.to_path_buf(), backbone);
+    o.val_fraction = 0.4;
+    o.batch = 8;
+    o.samples_per_epoch = 32;
+    o.self_blend = 0.25;
+    o.augment = AugmentOptions::none();
+    o.dim = 16;
+    o
+}
+
+fn run(
+    o: &TrainOptions,
+) -> (
+    Result<sfam_studio::train::TrainSummary, TrainError>,
+    Vec<String>,
+) {
+    let mut messages = Vec::new();
+    let r = train(
+        o,
+        &mut |e| {
+            if let TrainEvent::Message(m) = e {
+                messages.push(m);
+            }
+        },
+        &AtomicBool::new(false),
+    );
+    (r, messages)
+}
+
+/// Scores of `best/val_scores.csv` against `SfamModel::load(best)` on the
+/// same images through the face pipeline.
+fn reload_and_rescore(best: &Path) {
+    let model = SfamModel::load(best, &Device::Cpu).unwrap();
+    let detector = FaceDetector::load_default().unwrap();
+    let recorded: HashMap<String, f64> = read_scores(&best.join("val_scores.csv"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.path, r.score))
+        .collect();
+    assert!(!recorded.is_empty());
+    for (path, score) in &recorded {
+        let faces = detector.faces_in_image(Path::new(path), FaceOptions { tight_crops: true });
+        let out = model.inspect_faces(&[&faces.aligned[0]]).unwrap();
+        assert!(
+            (f64::from(out[0].score) - score).abs() < 1e-4,
+            "{path}: {} vs {score}",
+            out[0].score
+        );
+    }
+}
+
+#[test]
+fn clip_backbone_trains_end_to_end() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let clip = root().join("tests/fixtures/model/tiny_l14");
+    let mut o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::Clip { dir: clip.clone() },
+    );
+    o.epochs = 6;
+    o.lr = 3e-3;
+    let (summary, _) = run(&o);
+    let summary = summary.unwrap();
+    assert_eq!(summary.log.len(), 6);
+    let first = summary.log.first().unwrap().loss;
+    let last = summary.log.last().unwrap().loss;
+    assert!(last < first, "loss {first} -> {last}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "sfam_head.json",
+        "sfam_head.safetensors",
+    ] {
+        assert!(summary.best_dir.join(f).is_file(), "{f}");
+    }
+    let log = std::fs::read_to_string(out.path().join("train_log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 7, "{log}");
+    assert!(log.starts_with("epoch,seconds,loss,bce,align,balance,val_auc_ciplab"));
+    reload_and_rescore(&summary.best_dir);
+}
+
+#[test]
+fn faceres_backbone_finetunes_and_reloads() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let weights = root().join("models/faceres/faceres.safetensors");
+    let o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::FaceRes {
+            weights: weights.clone(),
+            train_blocks: 2,
+        },
+    );
+    let (summary, _) = run(&o);
+    let summary = summary.unwrap();
+    let best = &summary.best_dir;
+    reload_and_rescore(best);
+    // The last blocks moved, the frozen ones did not.
+    let before = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(best.join("faceres.safetensors"), &Device::Cpu).unwrap();
+    let diff = |k: &str| {
+        let a = before[k].to_dtype(candle_core::DType::F32).unwrap();
+        let b = &after[k];
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(diff("pw13.weight") > 0.0);
+    assert!(diff("pw12.weight") > 0.0);
+    assert_eq!(diff("pw11.weight"), 0.0);
+    assert_eq!(diff("conv1.weight"), 0.0);
+    assert!(after.contains_key("proj_patch.weight") && after.contains_key("proj_global.weight"));
+}
+
+#[test]
+fn killed_run_resumes_from_its_checkpoint() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let clip = root().join("tests/fixtures/model/tiny_l14");
+    let mut o = options(data.path(), out.path(), BackboneChoice::Clip { dir: clip });
+    o.epochs = 1;
+    let (first, _) = run(&o);
+    assert_eq!(first.unwrap().log.len(), 1);
+    o.epochs = 2;
+    let (second, messages) = run(&o);
+    let second = second.unwrap();
+    assert_eq!(second.log.len(), 2);
+    assert!(
+        messages.iter().any(|m| m.contains("resumed after epoch 1")),
+        "{messages:?}"
+    );
+    // Other options on the same folder are refused, not mixed in.
+    o.dim = 32;
+    o.epochs = 3;
+    let (third, _) = run(&o);
+    assert!(matches!(third, Err(TrainError::Options(_))));
+}
+
+#[test]
+fn cli_trains_and_reports() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .args(["train", "--data"])
+        .arg(data.path())
+        .arg("--out")
+        .arg(out.path())
+        .args(["--backbone", "clip", "--clip"])
+        .arg(root().join("tests/fixtures/model/tiny_l14"))
+        .args([
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+            "--samples-per-epoch",
+            "16",
+            "--dim",
+            "16",
+            "--val-fraction",
+            "0.4",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("epoch 1 done"), "{err}");
+    assert!(out.path().join("best/sfam_head.json").is_file());
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .args(["train", "--data", "/nonexistent/data", "--out"])
+        .arg(out.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/data"));
+}
