@@ -211,7 +211,7 @@ pub fn pointwise_tensor(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_co
 /// A 1 × 1 convolution (+ folded batch-norm bias) and relu6, NHWC.
 #[derive(Debug, Clone)]
 struct Pointwise {
-    /// `[C_in, C_out]`.
+    /// `[C_out, C_in]`.
     weight: Tensor,
     bias: Tensor,
     /// The bias on the host, for the CPU epilogue.
@@ -222,8 +222,12 @@ impl Pointwise {
     #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), o
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
-        let o = self.weight.dim(1)?;
-        let y = x.reshape((b * h * w, c))?.matmul(&self.weight)?;
+        let o = self.weight.dim(0)?;
+        // The weight stays `[C_out, C_in]` and is used transposed: gemm is
+        // about twice as fast on this layout for the tall, thin products
+        // of the early layers (measured: 22.6 against 13.1 GMAC/s for
+        // 100352×32×64, one thread).
+        let y = x.reshape((b * h * w, c))?.matmul(&self.weight.t()?)?;
         if !(y.device().is_cpu() && y.dtype() == DType::F32) {
             return self.epilogue_tensor(&y)?.reshape((b, h, w, o));
         }
@@ -288,7 +292,7 @@ impl FaceRes {
             let host_taps = dw.flatten_all()?.to_vec1::<f32>()?;
             let host_bias = dw_bias.to_vec1::<f32>()?;
             let pw = ws.get(&format!("pw{n}.weight"), &[cout, cin, 1, 1])?;
-            let pw = pw.reshape((cout, cin))?.t()?.contiguous()?;
+            let pw = pw.reshape((cout, cin))?;
             let pw_bias = ws.get(&format!("pw{n}.bias"), &[cout])?;
             blocks.push((
                 Depthwise {
@@ -383,7 +387,23 @@ impl FaceRes {
                 pixels.dtype()
             )));
         }
-        let (height, width) = (dims[2], dims[3]);
+        let mut x = if pixels.device().is_cpu() {
+            self.stem_cpu(pixels)?
+        } else {
+            self.stem_tensor(pixels)?
+        };
+        for (dw, pw) in self.blocks.iter().take(blocks) {
+            x = pw.forward(&dw.forward(&x)?)?;
+        }
+        Ok(x)
+    }
+}
+
+impl FaceRes {
+    /// The stem (3 × 3 convolution, stride 2, TF "SAME" padding, bias,
+    /// relu6) with tensor operations, NHWC out (any device).
+    fn stem_tensor(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, height, width) = pixels.dims4()?;
         let (pt, pb) = same_pads(height, 3, 2);
         let (pl, pr) = same_pads(width, 3, 2);
         let x = pixels
@@ -391,11 +411,60 @@ impl FaceRes {
             .pad_with_zeros(3, pl, pr)?
             .conv2d(&self.stem_weight, 0, 2, 1, 1)?
             .broadcast_add(&self.stem_bias)?;
-        let mut x = relu6(&x)?.permute((0, 2, 3, 1))?.contiguous()?;
-        for (dw, pw) in self.blocks.iter().take(blocks) {
-            x = pw.forward(&dw.forward(&x)?)?;
-        }
-        Ok(x)
+        relu6(&x)?.permute((0, 2, 3, 1))?.contiguous()
+    }
+
+    /// The same as a direct loop on the CPU, parallel over output rows,
+    /// writing NHWC directly (candle's im2col convolution and the permute
+    /// cost about 4 ms per face here; this about a quarter of that).
+    #[allow(clippy::many_single_char_names)] // b, h, w (NCHW), i, j (taps)
+    fn stem_cpu(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, h, w) = pixels.dims4()?;
+        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+        let (pt, _) = same_pads(h, 3, 2);
+        let (pl, _) = same_pads(w, 3, 2);
+        let input = pixels.flatten_all()?.to_vec1::<f32>()?;
+        // [ci][i][j][o]
+        let taps = self
+            .stem_weight
+            .permute((1, 2, 3, 0))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = self.stem_bias.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * oh * ow * STEM];
+        out.par_chunks_mut(ow * STEM)
+            .enumerate()
+            .for_each(|(row, orow)| {
+                let (n, oy) = (row / oh, row % oh);
+                for (ox, o) in orow.chunks_exact_mut(STEM).enumerate() {
+                    o.copy_from_slice(&bias);
+                    for ci in 0..3 {
+                        let plane = &input[(n * 3 + ci) * h * w..(n * 3 + ci + 1) * h * w];
+                        for i in 0..3 {
+                            let iy = oy * 2 + i;
+                            if iy < pt || iy - pt >= h {
+                                continue;
+                            }
+                            let iy = iy - pt;
+                            for j in 0..3 {
+                                let ix = ox * 2 + j;
+                                if ix < pl || ix - pl >= w {
+                                    continue;
+                                }
+                                let v = plane[iy * w + ix - pl];
+                                let k = (ci * 3 + i) * 3 + j;
+                                for (o, &t) in o.iter_mut().zip(&taps[k * STEM..(k + 1) * STEM]) {
+                                    *o += v * t;
+                                }
+                            }
+                        }
+                    }
+                    for v in o.iter_mut() {
+                        *v = v.clamp(0.0, 6.0);
+                    }
+                }
+            });
+        Tensor::from_vec(out, (b, oh, ow, STEM), pixels.device())
     }
 }
 
@@ -481,6 +550,33 @@ impl super::Backbone for FaceResBackbone {
 mod tests {
     use super::*;
 
+    /// The CPU stem and candle's convolution agree, odd sizes included.
+    #[test]
+    fn stem_paths_agree() {
+        let dev = Device::Cpu;
+        let net = FaceRes {
+            stem_weight: Tensor::randn(0f32, 1f32, (STEM, 3, 3, 3), &dev).unwrap(),
+            stem_bias: Tensor::randn(0f32, 1f32, (1, STEM, 1, 1), &dev).unwrap(),
+            blocks: Vec::new(),
+            device: dev.clone(),
+        };
+        for (h, w) in [(16, 16), (15, 17)] {
+            let x = Tensor::rand(0f32, 2f32, (2, 3, h, w), &dev).unwrap();
+            let a = net.stem_cpu(&x).unwrap();
+            let b = net.stem_tensor(&x).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{h}x{w}: {d}");
+        }
+    }
+
     #[test]
     fn same_padding_matches_tensorflow() {
         assert_eq!(same_pads(224, 3, 2), (0, 1));
@@ -494,7 +590,7 @@ mod tests {
     #[allow(clippy::many_single_char_names)]
     fn pointwise_paths_agree() {
         let dev = Device::Cpu;
-        let weight = Tensor::randn(0f32, 1f32, (6, 7), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1f32, (7, 6), &dev).unwrap();
         let bias = Tensor::randn(0f32, 1f32, 7, &dev).unwrap();
         let pw = Pointwise {
             weight: weight.clone(),
@@ -503,7 +599,11 @@ mod tests {
         };
         let x = Tensor::randn(0f32, 3f32, (2, 3, 5, 6), &dev).unwrap();
         let a = pw.forward(&x).unwrap();
-        let y = x.reshape((30, 6)).unwrap().matmul(&weight).unwrap();
+        let y = x
+            .reshape((30, 6))
+            .unwrap()
+            .matmul(&weight.t().unwrap())
+            .unwrap();
         let b = pw
             .epilogue_tensor(&y)
             .unwrap()
