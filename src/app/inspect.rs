@@ -39,6 +39,8 @@ const THUMB_MAX_SIDE: u32 = 96;
 /// Errors reported one by one per batch of photos; the rest are counted.
 const ERRORS_PER_BATCH: usize = 5;
 
+/// Colour of a routing weight of 1 (0: the background).
+const ROUTING_COLOR: Color32 = Color32::from_rgb(70, 190, 150);
 /// Colour of "real" (as in the Datasets view's histograms).
 pub const REAL_COLOR: Color32 = Color32::from_rgb(60, 140, 220);
 /// Colour of "fake".
@@ -1069,13 +1071,36 @@ impl InspectView {
         }
         self.strip_ui(ui, *threshold);
         ui.separator();
-        ui.columns(2, |cols| {
-            self.photo_ui(&mut cols[0], *threshold);
-            egui::ScrollArea::vertical()
-                .id_salt("face_detail")
-                .show(&mut cols[1], |ui| {
-                    self.face_ui(ui, *threshold, &mut requests, errors);
-                });
+        // Three columns: the photo; the face with its verdict and overlay;
+        // the charts. Each scrolls on its own.
+        let avail = ui.available_size();
+        let gap = ui.spacing().item_spacing.x;
+        let widths = [
+            (avail.x * 0.3 - gap).max(120.0),
+            (avail.x * 0.3 - gap).max(120.0),
+            (avail.x * 0.4 - gap).max(120.0),
+        ];
+        ui.horizontal_top(|ui| {
+            for (k, width) in widths.into_iter().enumerate() {
+                ui.allocate_ui_with_layout(
+                    egui::vec2(width, avail.y),
+                    egui::Layout::top_down(egui::Align::Min),
+                    |ui| {
+                        ui.set_width(width);
+                        egui::ScrollArea::vertical()
+                            .id_salt(("inspect_column", k))
+                            .auto_shrink([false, false])
+                            .show(ui, |ui| match k {
+                                0 => self.photo_ui(ui, *threshold),
+                                1 => self.face_ui(ui, *threshold, &mut requests, errors),
+                                _ => self.charts_ui(ui),
+                            });
+                    },
+                );
+                if k < 2 {
+                    ui.separator();
+                }
+            }
         });
         requests
     }
@@ -1350,13 +1375,25 @@ impl InspectView {
             };
             let width = if k == self.face { 3.0 } else { 1.5 };
             painter.rect_stroke(r, 2.0, (width, color), egui::StrokeKind::Outside);
-            painter.text(
-                r.left_top() + egui::vec2(2.0, 2.0),
-                egui::Align2::LEFT_TOP,
+            // The face's number and score on a dark tag above its box
+            // (inside it when the box touches the top).
+            let galley = painter.layout_no_wrap(
                 format!("{} {:.2}", k + 1, f.output.score),
                 egui::FontId::proportional(13.0),
                 color,
             );
+            let above = r.left_top() - egui::vec2(-1.0, galley.size().y + 3.0);
+            let at = if above.y >= rect.top() {
+                above
+            } else {
+                r.left_top() + egui::vec2(3.0, 3.0)
+            };
+            painter.rect_filled(
+                egui::Rect::from_min_size(at, galley.size()).expand(2.0),
+                2.0,
+                Color32::from_black_alpha(190),
+            );
+            painter.galley(at, galley, color);
             if k == self.face {
                 for p in f.face.landmarks {
                     painter.circle_filled(to_screen(p), 2.5, Color32::from_rgb(80, 230, 80));
@@ -1496,8 +1533,9 @@ impl InspectView {
             .and_then(|(_, _, f)| Self::prompt_map(f, self.prompt).map(<[f32]>::to_vec));
         let range = map.as_deref().map(|m| overlay::map_range(m, self.stretch));
         let regions: Vec<String> = o.regions.clone();
-        ui.horizontal_top(|ui| {
-            let side = 288.0;
+        ui.strong("Aligned face");
+        {
+            let side = ui.available_width().clamp(160.0, 320.0);
             let (rect, _) = ui.allocate_exact_size(egui::vec2(side, side), egui::Sense::hover());
             if let Some((_, tex)) = &self.face_tex {
                 ui.painter().image(
@@ -1517,7 +1555,6 @@ impl InspectView {
                 );
             }
             ui.vertical(|ui| {
-                ui.strong("Aligned face");
                 ui.horizontal(|ui| {
                     ui.radio_value(&mut self.overlay, Overlay::Heatmap, "heatmap");
                     ui.radio_value(&mut self.overlay, Overlay::Regions, "regions");
@@ -1531,9 +1568,12 @@ impl InspectView {
                 match self.overlay {
                     Overlay::Heatmap => {
                         let current = names.get(self.prompt).cloned().unwrap_or_default();
+                        let width = (ui.available_width() - 70.0).max(120.0);
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        let chars = (width / 7.5) as usize;
                         egui::ComboBox::new("prompt_select", "prompt")
-                            .width(300.0)
-                            .selected_text(truncate(&current, 48))
+                            .width(width)
+                            .selected_text(truncate(&current, chars))
                             .show_ui(ui, |ui| {
                                 for (k, name) in names.iter().enumerate() {
                                     ui.selectable_value(&mut self.prompt, k, name);
@@ -1600,13 +1640,19 @@ impl InspectView {
                     Overlay::None => {}
                 }
             });
-        });
+        }
+        ui.separator();
         self.typed_prompt_ui(ui, errors);
-        ui.separator();
+    }
 
-        contributions_ui(ui, &output);
+    /// The selected face's region contributions and routing.
+    fn charts_ui(&self, ui: &mut Ui) {
+        let Some((_, _, f)) = self.selected_face() else {
+            return;
+        };
+        contributions_ui(ui, &f.output);
         ui.separator();
-        routing_ui(ui, &output);
+        routing_ui(ui, &f.output);
     }
 
     fn typed_prompt_ui(&mut self, ui: &mut Ui, errors: &mut Vec<String>) {
@@ -1621,11 +1667,12 @@ impl InspectView {
                 let mut go = false;
                 ui.horizontal(|ui| {
                     let label = ui.label("Prompt:");
+                    let width = (ui.available_width() - 110.0).max(100.0);
                     let r = ui
                         .add(
                             egui::TextEdit::singleline(&mut self.typed_text)
                                 .hint_text("e.g. a face with blurry teeth")
-                                .desired_width(280.0),
+                                .desired_width(width),
                         )
                         .labelled_by(label.id);
                     go |= r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
@@ -1741,7 +1788,7 @@ fn contributions_ui(ui: &mut Ui, o: &SfamOutput) {
         .chain(std::iter::once(&o.global_logit))
         .fold(0.0_f32, |m, v| m.max(v.abs()))
         .max(1e-6);
-    let bar_width = 220.0;
+    let bar_width = (ui.available_width() - 340.0).clamp(80.0, 260.0);
     egui::Grid::new("contributions")
         .striped(true)
         .show(ui, |ui| {
@@ -1819,8 +1866,7 @@ fn routing_ui(ui: &mut Ui, o: &SfamOutput) {
                         .and_then(|row| row.get(e))
                         .copied()
                         .unwrap_or(0.0);
-                    let fill =
-                        overlay::blend(ui.visuals().faint_bg_color, overlay::region_color(r), g);
+                    let fill = overlay::blend(ui.visuals().faint_bg_color, ROUTING_COLOR, g);
                     let text = if g > 0.0 {
                         format!("{g:.2}")
                     } else {

@@ -377,38 +377,40 @@ impl SfamApp {
                 ui.separator();
                 ui.selectable_value(&mut self.settings.view, View::Inspect, "Inspect");
                 ui.selectable_value(&mut self.settings.view, View::Datasets, "Datasets");
-                ui.separator();
-                ui.menu_button("Recent", |ui| {
-                    let mut open = None;
-                    for p in &self.settings.recent_scores {
-                        if ui.button(p.display().to_string()).clicked() {
-                            open = Some(p.clone());
+                if self.settings.view == View::Datasets {
+                    ui.separator();
+                    ui.menu_button("Recent", |ui| {
+                        let mut open = None;
+                        for p in &self.settings.recent_scores {
+                            if ui.button(p.display().to_string()).clicked() {
+                                open = Some(p.clone());
+                            }
                         }
-                    }
-                    if self.settings.recent_scores.is_empty() {
-                        ui.label("no score files yet");
-                    }
-                    if let Some(p) = open {
-                        self.open_scores(p);
-                    }
-                });
-                ui.menu_button("Video aggregation", |ui| {
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        None,
-                        "none (every row is a face)",
-                    );
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        Some(VideoAgg::Mean),
-                        "mean per video",
-                    );
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        Some(VideoAgg::Max),
-                        "max per video",
-                    );
-                });
+                        if self.settings.recent_scores.is_empty() {
+                            ui.label("no score files yet");
+                        }
+                        if let Some(p) = open {
+                            self.open_scores(p);
+                        }
+                    });
+                    ui.menu_button("Video aggregation", |ui| {
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            None,
+                            "none (every row is a face)",
+                        );
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            Some(VideoAgg::Mean),
+                            "mean per video",
+                        );
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            Some(VideoAgg::Max),
+                            "max per video",
+                        );
+                    });
+                }
             });
         });
         if !self.errors.is_empty() || self.status.is_some() {
