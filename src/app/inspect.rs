@@ -346,8 +346,9 @@ impl Default for InspectView {
     }
 }
 
-/// Reads a photo, finds its faces and scores them (runs on the worker).
-fn process_one(m: &LoadedModel, path: &Path, tight_crops: bool) -> Processed {
+/// Reads a photo, finds its faces and scores them (runs on the worker);
+/// with `photo`, also makes the display copy of the photo.
+fn process_one(m: &LoadedModel, path: &Path, tight_crops: bool, photo: bool) -> Processed {
     let img = match load_rgb(path) {
         Ok(img) => img,
         Err(e) => {
@@ -375,7 +376,7 @@ fn process_one(m: &LoadedModel, path: &Path, tight_crops: bool) -> Processed {
     Processed {
         k: 0,
         result,
-        photo: Some(overlay::shrink(&img, PHOTO_MAX_SIDE)),
+        photo: photo.then(|| overlay::shrink(&img, PHOTO_MAX_SIDE)),
     }
 }
 
@@ -692,7 +693,9 @@ impl InspectView {
                     |s| s.to_string_lossy().into_owned(),
                 );
                 ctx.progress(f, format!("{}/{n}: {name}", k + 1));
-                let mut item = process_one(&model, path, tight_crops);
+                // The first photo is the one selected (see above); the
+                // others' pictures are read again if they are selected.
+                let mut item = process_one(&model, path, tight_crops, k == 0);
                 item.k = k;
                 if tx.send(item).is_err() {
                     return;
