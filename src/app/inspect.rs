@@ -1207,6 +1207,7 @@ impl InspectView {
                 ui.spinner();
                 ui.add(
                     egui::ProgressBar::new(job.progress.0)
+                        .desired_width((ui.available_width() - 160.0).max(120.0))
                         .text(format!("{}: {}", job.title, job.progress.1)),
                 );
                 cancel_model = ui.button("Cancel").clicked();
@@ -1223,6 +1224,7 @@ impl InspectView {
                 ui.spinner();
                 ui.add(
                     egui::ProgressBar::new(b.job.progress.0)
+                        .desired_width((ui.available_width() - 160.0).max(120.0))
                         .text(format!("{}: {}", b.job.title, b.job.progress.1)),
                 );
                 cancel_batch = ui.button("Cancel inspection").clicked();

@@ -373,3 +373,46 @@ fn frame_time_with_a_million_scores() {
         start.elapsed() / frames
     );
 }
+
+#[test]
+fn cancelling_leaves_the_rest_marked_and_a_click_queues_one_again() {
+    use super::inspect::EntryState;
+    let sample = fixture("assets/samples/ciplab_fake_mid_66_1100.jpg");
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_images(vec![sample; 12]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect
+            .entries
+            .iter()
+            .any(|e| matches!(e.state, EntryState::Done(_)))
+    });
+    h.get_by_label("Cancel inspection").click();
+    h.run_steps(3);
+    let states = |a: &SfamApp| {
+        a.inspect
+            .entries
+            .iter()
+            .map(|e| match e.state {
+                EntryState::Done(_) => 'd',
+                EntryState::Cancelled => 'c',
+                EntryState::Pending => 'p',
+                EntryState::Failed(_) => 'f',
+            })
+            .collect::<String>()
+    };
+    let s = states(h.state());
+    assert!(!h.state().inspect.busy(), "{s}");
+    assert!(!s.contains('p') && !s.contains('f'), "{s}");
+    // The worker may have finished them all before the click; otherwise a
+    // cancelled photo is inspected when selected.
+    if let Some(k) = s.find('c') {
+        h.state_mut().inspect.select(k);
+        step_until(&mut h, |a| !a.inspect.busy());
+        assert!(matches!(
+            h.state().inspect.entries[k].state,
+            EntryState::Done(_)
+        ));
+    }
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
