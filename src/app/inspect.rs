@@ -918,14 +918,10 @@ impl InspectView {
             return Err(format!("this model cannot encode typed prompts: {e}"));
         }
         let model = Arc::clone(model);
-        let (image, face) = match self.selected_face() {
-            Some((i, _, _)) => (i, self.face),
-            None => return Err("select a face first".into()),
-        };
-        let Some((_, _, f)) = self.selected_face() else {
+        let Some((image, _, f)) = self.selected_face() else {
             return Err("select a face first".into());
         };
-        let aligned = f.aligned.clone();
+        let (face, aligned) = (self.face, f.aligned.clone());
         if let Some(j) = self.prompt_job.take() {
             j.cancel();
         }
