@@ -319,7 +319,11 @@ impl DatasetsView {
         {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.add(egui::ProgressBar::new(job.1.0).text(format!("{}: {}", job.0, job.1.1)));
+                ui.add(
+                    egui::ProgressBar::new(job.1.0)
+                        .desired_width((ui.available_width() - 100.0).max(120.0))
+                        .text(format!("{}: {}", job.0, job.1.1)),
+                );
                 if ui.button("Cancel").clicked()
                     && let Some(j) = &self.load_job
                 {

@@ -4,13 +4,15 @@
 //! Everything slow runs in [`jobs`] on named worker threads.
 
 mod datasets;
+mod inspect;
 mod jobs;
+mod overlay;
 mod plots;
 #[cfg(test)]
 #[allow(clippy::float_cmp)]
 mod tests;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use egui::{RichText, Ui};
@@ -19,6 +21,7 @@ use sfam_studio::data::atomic::write_atomic;
 use sfam_studio::metrics::{VideoAgg, evaluation_json, matrix_csv};
 
 pub use datasets::{DatasetsView, Request};
+pub use inspect::InspectView;
 
 /// Settings kept between runs (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +39,10 @@ pub struct Settings {
     pub video_agg: Option<VideoAgg>,
     /// The model folder chosen by the user (`None`: the bundled one).
     pub model_dir: Option<PathBuf>,
+    /// The Inspect view's decision threshold on the model's score.
+    pub inspect_threshold: f64,
+    /// Photos without a detected face are used whole as tight face crops.
+    pub tight_crops: bool,
 }
 
 impl Default for Settings {
@@ -47,6 +54,8 @@ impl Default for Settings {
             threshold: 0.5,
             video_agg: None,
             model_dir: None,
+            inspect_threshold: 0.5,
+            tight_crops: true,
         }
     }
 }
@@ -65,7 +74,7 @@ const RECENT_MAX: usize = 10;
 
 /// Results of file dialogs and exports, which run off the UI thread.
 enum Event {
-    Picked(DialogKind, Option<PathBuf>),
+    Picked(DialogKind, Vec<PathBuf>),
     Saved(Result<PathBuf, String>),
 }
 
@@ -75,6 +84,11 @@ enum DialogKind {
     AddRoot,
     ExportMatrix,
     ExportPng,
+    OpenImages,
+    OpenImageFolder,
+    ChooseModel,
+    ExportFacePng,
+    ExportFaceJson,
 }
 
 /// The application.
@@ -83,6 +97,8 @@ pub struct SfamApp {
     pub settings: Settings,
     /// The datasets view.
     pub datasets: DatasetsView,
+    /// The inspect view.
+    pub inspect: InspectView,
     /// Errors shown to the user (each once, until dismissed).
     pub errors: Vec<String>,
     /// The last informational message (e.g. "saved ...").
@@ -101,6 +117,7 @@ impl SfamApp {
         Self {
             settings,
             datasets: DatasetsView::default(),
+            inspect: InspectView::default(),
             errors: Vec::new(),
             status: None,
             events_tx,
@@ -131,20 +148,65 @@ impl SfamApp {
         self.settings.view = View::Datasets;
     }
 
+    /// Opens photos in the Inspect view (inspected in the background,
+    /// with the model in use).
+    pub fn open_images(&mut self, paths: Vec<PathBuf>) {
+        self.settings.view = View::Inspect;
+        self.inspect
+            .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
+        self.inspect.open_images(paths);
+    }
+
+    /// Opens every photo of a folder (and its subfolders) in the Inspect
+    /// view.
+    pub fn open_image_folder(&mut self, dir: PathBuf) {
+        self.settings.view = View::Inspect;
+        self.inspect
+            .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
+        if let Err(e) = self.inspect.open_folder(dir, self.repaint.clone()) {
+            self.errors.push(e);
+        }
+    }
+
+    /// Uses this model folder (remembered in the settings); `None`: the
+    /// bundled one. Photos already open are inspected again.
+    pub fn choose_model(&mut self, dir: Option<PathBuf>) {
+        self.settings.model_dir = dir;
+        self.inspect
+            .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
+    }
+
     /// Drains worker messages (no UI; called every frame and while hidden).
     pub fn poll(&mut self) {
         let errors = self.datasets.poll();
         self.errors.extend(errors);
+        let errors = self
+            .inspect
+            .poll(self.settings.tight_crops, self.repaint.as_ref());
+        self.errors.extend(errors);
         while let Ok(event) = self.events_rx.try_recv() {
             match event {
-                Event::Picked(kind, path) => {
+                Event::Picked(kind, paths) => {
                     self.dialog_open = false;
-                    let Some(path) = path else { continue };
+                    if kind == DialogKind::OpenImages {
+                        if !paths.is_empty() {
+                            self.open_images(paths);
+                        }
+                        continue;
+                    }
+                    let Some(path) = paths.into_iter().next() else {
+                        continue;
+                    };
                     match kind {
                         DialogKind::OpenScores => self.open_scores(path),
                         DialogKind::AddRoot => self.add_root(path),
                         DialogKind::ExportMatrix => self.export_matrix(&path),
                         DialogKind::ExportPng => self.export_png(path),
+                        DialogKind::OpenImages => {}
+                        DialogKind::OpenImageFolder => self.open_image_folder(path),
+                        DialogKind::ChooseModel => self.choose_model(Some(path)),
+                        DialogKind::ExportFacePng => self.export_face_png(path),
+                        DialogKind::ExportFaceJson => self.export_face_json(path),
                     }
                 }
                 Event::Saved(Ok(path)) => self.status = Some(format!("saved {}", path.display())),
@@ -165,22 +227,46 @@ impl SfamApp {
             .name("sfam-file-dialog".into())
             .spawn(move || {
                 let d = rfd::FileDialog::new();
-                let path = match kind {
-                    DialogKind::OpenScores => {
-                        d.add_filter("score table", &["csv", "json"]).pick_file()
+                let paths = match kind {
+                    DialogKind::OpenScores => d
+                        .add_filter("score table", &["csv", "json"])
+                        .pick_file()
+                        .into_iter()
+                        .collect(),
+                    DialogKind::AddRoot | DialogKind::OpenImageFolder | DialogKind::ChooseModel => {
+                        d.pick_folder().into_iter().collect()
                     }
-                    DialogKind::AddRoot => d.pick_folder(),
                     DialogKind::ExportMatrix => d
                         .add_filter("CSV", &["csv"])
                         .add_filter("JSON", &["json"])
                         .set_file_name("cross_auc.csv")
-                        .save_file(),
+                        .save_file()
+                        .into_iter()
+                        .collect(),
                     DialogKind::ExportPng => d
                         .add_filter("PNG", &["png"])
                         .set_file_name("plots.png")
-                        .save_file(),
+                        .save_file()
+                        .into_iter()
+                        .collect(),
+                    DialogKind::OpenImages => d
+                        .add_filter("images", sfam_studio::data::IMAGE_EXTENSIONS)
+                        .pick_files()
+                        .unwrap_or_default(),
+                    DialogKind::ExportFacePng => d
+                        .add_filter("PNG", &["png"])
+                        .set_file_name("face.png")
+                        .save_file()
+                        .into_iter()
+                        .collect(),
+                    DialogKind::ExportFaceJson => d
+                        .add_filter("JSON", &["json"])
+                        .set_file_name("face.json")
+                        .save_file()
+                        .into_iter()
+                        .collect(),
                 };
-                let _ = tx.send(Event::Picked(kind, path));
+                let _ = tx.send(Event::Picked(kind, paths));
                 if let Some(c) = repaint {
                     c.request_repaint();
                 }
@@ -216,6 +302,55 @@ impl SfamApp {
         }
     }
 
+    /// Writes the annotated face (the picture on screen, landmarks marked)
+    /// as PNG, on a worker thread.
+    pub fn export_face_png(&mut self, path: PathBuf) {
+        let Some(img) = self.inspect.annotated_face() else {
+            self.errors.push("no face selected to export".into());
+            return;
+        };
+        self.write_in_background(path, move || overlay::png_bytes(&img));
+    }
+
+    /// Writes the selected face's full result as JSON, on a worker thread.
+    pub fn export_face_json(&mut self, path: PathBuf) {
+        let Some(v) = self.inspect.face_json(self.settings.inspect_threshold) else {
+            self.errors.push("no face selected to export".into());
+            return;
+        };
+        self.write_in_background(path, move || {
+            let mut text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+            text.push('\n');
+            Ok(text.into_bytes())
+        });
+    }
+
+    /// Makes the bytes and writes them atomically on a named thread; the
+    /// outcome comes back as [`Event::Saved`].
+    fn write_in_background(
+        &mut self,
+        path: PathBuf,
+        bytes: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
+    ) {
+        let tx = self.events_tx.clone();
+        let repaint = self.repaint.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sfam-export".into())
+            .spawn(move || {
+                let result = bytes().and_then(|b| {
+                    write_atomic(&path, |w| w.write_all(&b))
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                });
+                let _ = tx.send(Event::Saved(result.map(|()| path)));
+                if let Some(c) = repaint {
+                    c.request_repaint();
+                }
+            });
+        if let Err(e) = spawned {
+            self.errors.push(format!("cannot start the export: {e}"));
+        }
+    }
+
     /// Takes a screenshot of the next frame, crops it to the plots and
     /// writes a PNG (on the screenshot callback's thread).
     fn export_png(&mut self, path: PathBuf) {
@@ -242,38 +377,40 @@ impl SfamApp {
                 ui.separator();
                 ui.selectable_value(&mut self.settings.view, View::Inspect, "Inspect");
                 ui.selectable_value(&mut self.settings.view, View::Datasets, "Datasets");
-                ui.separator();
-                ui.menu_button("Recent", |ui| {
-                    let mut open = None;
-                    for p in &self.settings.recent_scores {
-                        if ui.button(p.display().to_string()).clicked() {
-                            open = Some(p.clone());
+                if self.settings.view == View::Datasets {
+                    ui.separator();
+                    ui.menu_button("Recent", |ui| {
+                        let mut open = None;
+                        for p in &self.settings.recent_scores {
+                            if ui.button(p.display().to_string()).clicked() {
+                                open = Some(p.clone());
+                            }
                         }
-                    }
-                    if self.settings.recent_scores.is_empty() {
-                        ui.label("no score files yet");
-                    }
-                    if let Some(p) = open {
-                        self.open_scores(p);
-                    }
-                });
-                ui.menu_button("Video aggregation", |ui| {
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        None,
-                        "none (every row is a face)",
-                    );
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        Some(VideoAgg::Mean),
-                        "mean per video",
-                    );
-                    ui.radio_value(
-                        &mut self.settings.video_agg,
-                        Some(VideoAgg::Max),
-                        "max per video",
-                    );
-                });
+                        if self.settings.recent_scores.is_empty() {
+                            ui.label("no score files yet");
+                        }
+                        if let Some(p) = open {
+                            self.open_scores(p);
+                        }
+                    });
+                    ui.menu_button("Video aggregation", |ui| {
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            None,
+                            "none (every row is a face)",
+                        );
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            Some(VideoAgg::Mean),
+                            "mean per video",
+                        );
+                        ui.radio_value(
+                            &mut self.settings.video_agg,
+                            Some(VideoAgg::Max),
+                            "max per video",
+                        );
+                    });
+                }
             });
         });
         if !self.errors.is_empty() || self.status.is_some() {
@@ -291,7 +428,29 @@ impl SfamApp {
                     }
                 }
             }
-            View::Inspect => inspect_ui(ui),
+            View::Inspect => {
+                self.inspect
+                    .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
+                let requests = self.inspect.ui(
+                    ui,
+                    &mut self.settings.inspect_threshold,
+                    &mut self.settings.tight_crops,
+                    self.settings.model_dir.as_ref(),
+                    &mut self.errors,
+                );
+                for r in requests {
+                    match r {
+                        inspect::Request::OpenImagesDialog => self.dialog(DialogKind::OpenImages),
+                        inspect::Request::OpenFolderDialog => {
+                            self.dialog(DialogKind::OpenImageFolder);
+                        }
+                        inspect::Request::ChooseModelDialog => self.dialog(DialogKind::ChooseModel),
+                        inspect::Request::UseBundledModel => self.choose_model(None),
+                        inspect::Request::ExportFacePng => self.dialog(DialogKind::ExportFacePng),
+                        inspect::Request::ExportFaceJson => self.dialog(DialogKind::ExportFaceJson),
+                    }
+                }
+            }
         });
     }
 
@@ -313,20 +472,31 @@ impl SfamApp {
         }
     }
 
-    /// Opens a path given on the command line or dropped on the window:
-    /// score tables open, folders are added as dataset roots.
-    pub fn open_path(&mut self, p: PathBuf) {
-        let ext = p
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("csv" | "json") => self.open_scores(p),
-            _ if p.is_dir() => self.add_root(p),
-            _ => self.errors.push(format!(
-                "cannot open this here (expected a .csv/.json score table or a dataset folder): {}",
-                p.display()
-            )),
+    /// Opens paths given on the command line or dropped on the window:
+    /// photos open in Inspect, score tables in Datasets; a folder is a
+    /// folder of photos in Inspect, a dataset folder in Datasets.
+    pub fn open_paths(&mut self, paths: Vec<PathBuf>) {
+        let mut images = Vec::new();
+        for p in paths {
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            match ext.as_deref() {
+                Some("csv" | "json") => self.open_scores(p),
+                _ if p.is_dir() => match self.settings.view {
+                    View::Inspect => self.open_image_folder(p),
+                    View::Datasets => self.add_root(p),
+                },
+                _ if sfam_studio::data::is_image_path(&p) => images.push(p),
+                _ => self.errors.push(format!(
+                    "cannot open this here (expected a photo, a .csv/.json score table or a folder): {}",
+                    p.display()
+                )),
+            }
+        }
+        if !images.is_empty() {
+            self.open_images(images);
         }
     }
 
@@ -340,18 +510,10 @@ impl SfamApp {
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         });
-        for p in dropped {
-            self.open_path(p);
+        if !dropped.is_empty() {
+            self.open_paths(dropped);
         }
     }
-}
-
-fn inspect_ui(ui: &mut Ui) {
-    ui.heading("Inspect a photo");
-    ui.label(
-        "Face inspection needs the SFAM model and the face pipeline, which are not part of this build yet. \
-         The Datasets view works on score tables of any detector.",
-    );
 }
 
 fn remember(list: &mut Vec<PathBuf>, path: &PathBuf) {
@@ -365,7 +527,7 @@ fn save_region_png(
     img: &egui::ColorImage,
     rect: egui::Rect,
     ppp: f32,
-    path: &std::path::Path,
+    path: &Path,
 ) -> Result<(), String> {
     let region = img.region(&rect, Some(ppp));
     let [w, h] = region.size;
@@ -403,10 +565,12 @@ impl eframe::App for SfamApp {
 }
 
 /// Opens the app window (wgpu renderer) and runs until it is closed.
+/// `open`: paths to open at start; `model`: a model folder to use (and
+/// remember) instead of the one in the settings.
 ///
 /// # Errors
 /// When no window can be opened (no display, no GPU adapter at all).
-pub fn run(open: Vec<PathBuf>) -> anyhow::Result<()> {
+pub fn run(open: Vec<PathBuf>, model: Option<PathBuf>) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default()
@@ -424,9 +588,10 @@ pub fn run(open: Vec<PathBuf>) -> anyhow::Result<()> {
                 .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
                 .unwrap_or_default();
             let mut app = SfamApp::new(settings, Some(cc.egui_ctx.clone()));
-            for path in open {
-                app.open_path(path);
+            if let Some(dir) = model {
+                app.choose_model(Some(dir));
             }
+            app.open_paths(open);
             Ok(Box::new(app))
         }),
     )

@@ -103,11 +103,227 @@ fn settings_survive_a_round_trip_and_views_switch() {
     let partial: Settings = serde_json::from_str(r#"{"threshold": 0.2}"#).unwrap();
     assert_eq!((partial.threshold, partial.view), (0.2, View::Datasets));
 
-    let mut h = harness(SfamApp::new(Settings::default(), None));
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.inspect.bundled = None;
+    let mut h = harness(app);
     h.get_by_label("Inspect").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.view, View::Inspect);
-    h.get_by_label_contains("Face inspection needs the SFAM model");
+    // No model chosen and none bundled: said so, with a way to pick one.
+    h.get_by_label_contains("No bundled model yet");
+    h.get_by_label("Pick a model folder...");
+    h.get_by_label_contains("No photos yet");
+}
+
+// ---- Inspect ----
+
+/// The tiny random CLIP model (4x4 patches, 9 regions, text tower).
+fn tiny_model() -> PathBuf {
+    fixture("tests/fixtures/model/tiny_l14")
+}
+
+/// An app on the Inspect view with this model folder and no bundled model.
+fn inspect_app(model: Option<PathBuf>) -> SfamApp {
+    let settings = Settings {
+        view: View::Inspect,
+        model_dir: model,
+        ..Settings::default()
+    };
+    let mut app = SfamApp::new(settings, None);
+    app.inspect.bundled = None;
+    app
+}
+
+fn inspected(h: &mut Harness<'_, SfamApp>) {
+    step_until(h, |a| !a.inspect.busy());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+#[test]
+fn a_photo_shows_its_score_verdict_and_region_charts() {
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_paths(vec![fixture("assets/samples/ffhq_stylegan2_real_109.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    let (score, regions, experts) = {
+        let (_, _, f) = h.state().inspect.selected_face().unwrap();
+        let o = &f.output;
+        assert_eq!(o.grid, [4, 4]);
+        assert_eq!(o.alignment_maps.len(), o.prompts.len());
+        (o.score, o.regions.len(), o.routing[0].len())
+    };
+    assert_eq!((regions, experts), (9, 4));
+    // The verdict at the threshold in use, and its flip across the score.
+    let word = if score >= 0.5 { "FAKE" } else { "REAL" };
+    h.get_by_label(&format!("Likely {word}"));
+    h.get_by_label_contains(&format!("score {score:.4}"));
+    h.get_by_label_contains("threshold 0.50");
+    h.state_mut().settings.inspect_threshold = f64::from(score) + 0.01;
+    h.run_steps(2);
+    h.get_by_label("Likely REAL");
+    h.state_mut().settings.inspect_threshold = f64::from(score) - 0.01;
+    h.run_steps(2);
+    h.get_by_label("Likely FAKE");
+    // The thumbnail carries the score.
+    h.get_by_label(&format!("{score:.3}"));
+    // Region contributions and routing: every region in both charts.
+    h.get_by_label("Contribution of each region to the logit (attention x region logit)");
+    h.get_by_label("Mixture-of-experts routing weights (regions x experts)");
+    assert_eq!(h.get_all_by_label("chin / jaw").count(), 2);
+    h.get_by_label("expert 4");
+    h.get_by_label("global (whole face)");
+    // The region overlay adds its legend.
+    h.get_by_label("regions").click();
+    h.run_steps(2);
+    assert_eq!(h.get_all_by_label("chin / jaw").count(), 3);
+}
+
+#[test]
+fn prompts_switch_and_a_typed_prompt_gets_its_heatmap() {
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_images(vec![fixture("assets/samples/dfdc_fake_hlsbacxpca.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    assert_eq!(h.state().inspect.prompt, 1, "the first artifact prompt");
+    h.get_by_label("prompt").click();
+    h.run_steps(2);
+    h.get_by_label("a face with unnatural skin texture").click();
+    h.run_steps(2);
+    assert_eq!(h.state().inspect.prompt, 2);
+    h.get_by_label_contains("typed prompts available");
+
+    let input = h.get_by_label("Prompt:");
+    input.focus();
+    input.type_text("a face with glasses");
+    h.run_steps(2);
+    h.get_by_label("Show heatmap").click();
+    h.run_steps(1);
+    step_until(&mut h, |a| {
+        a.inspect.prompt_job.is_none()
+            && a.inspect
+                .selected_face()
+                .is_some_and(|(_, _, f)| !f.typed.is_empty())
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let (_, _, f) = h.state().inspect.selected_face().unwrap();
+    let (text, map) = &f.typed[0];
+    assert_eq!(text, "a face with glasses");
+    assert_eq!(map.len(), 16);
+    assert!(map.iter().all(|v| (0.0..=1.0).contains(v)));
+    // The new heatmap is shown (the prompt selector's value).
+    assert_eq!(h.state().inspect.prompt, f.output.prompts.len());
+    assert_eq!(
+        h.get_by_label("prompt").value().as_deref(),
+        Some("a face with glasses (typed)")
+    );
+}
+
+#[test]
+fn several_faces_are_selectable_and_results_export() {
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_images(vec![fixture("tests/fixtures/face/two_faces.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    h.get_by_label_contains("2 faces (click a box");
+    h.get_by_label_contains("Face 2: ").click();
+    h.run_steps(2);
+    assert_eq!(h.state().inspect.face, 1);
+    h.get_by_label("face 2 of photo 1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (json, png) = (dir.path().join("face.json"), dir.path().join("face.png"));
+    h.state_mut().export_face_json(json.clone());
+    step_until(&mut h, |a| a.status.is_some() || !a.errors.is_empty());
+    h.state_mut().status = None;
+    h.state_mut().export_face_png(png.clone());
+    step_until(&mut h, |a| a.status.is_some() || !a.errors.is_empty());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, _, f) = h.state().inspect.selected_face().unwrap();
+    assert_eq!(v["face"], 1);
+    assert_eq!(v["score"].as_f64().unwrap(), f64::from(f.output.score));
+    assert_eq!(v["routing"].as_array().unwrap().len(), 9);
+    assert_eq!(v["alignment_maps"].as_array().unwrap().len(), 9);
+    assert!(v["verdict"] == "fake" || v["verdict"] == "real");
+    assert_eq!(v["box"].as_array().unwrap().len(), 4);
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (224, 224));
+}
+
+#[test]
+fn an_unreadable_photo_is_reported_once_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.jpg");
+    std::fs::write(&broken, b"this is not a JPEG").unwrap();
+    std::fs::copy(
+        fixture("assets/samples/ciplab_real_real_00128.jpg"),
+        dir.path().join("real.jpg"),
+    )
+    .unwrap();
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_paths(vec![dir.path().to_path_buf()]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect.entries.len() == 2 && !a.inspect.busy()
+    });
+    h.run_steps(5);
+    assert_eq!(h.state().errors.len(), 1, "{:?}", h.state().errors);
+    assert!(h.state().errors[0].contains("broken.jpg"));
+    h.get_by_label("error");
+    // The first photo (sorted: broken.jpg) is selected and says why.
+    h.get_by_label_contains("Could not inspect");
+    // The other photo was inspected; selecting it shows its verdict.
+    assert!(matches!(
+        h.state().inspect.entries[1].state,
+        super::inspect::EntryState::Done(_)
+    ));
+    h.state_mut().inspect.select(1);
+    h.run_steps(3);
+    h.get_by_label_contains("Likely ");
+}
+
+#[test]
+fn a_bad_model_folder_is_reported_once() {
+    let mut app = inspect_app(Some(fixture("tests/fixtures/cli")));
+    app.open_images(vec![fixture("assets/samples/dfdc_real_kbodjivgqu.jpg")]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| !a.errors.is_empty());
+    h.run_steps(5);
+    assert_eq!(h.state().errors.len(), 1, "{:?}", h.state().errors);
+    assert!(
+        h.state().errors[0].contains("config.json"),
+        "{:?}",
+        h.state().errors
+    );
+    h.get_by_label_contains("Model not loaded");
+    h.get_by_label("waiting for a model");
+}
+
+#[test]
+fn a_model_without_text_encoder_says_typing_is_unavailable() {
+    // The tiny model's head on a copy of its CLIP weights without the
+    // text tower: SfamModel loads, the text encoder does not.
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny_model();
+    for f in ["config.json", "sfam_head.json", "sfam_head.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let st = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("text_") && k != "logit_scale")
+        .collect();
+    safetensors::serialize_to_file(kept, None, &dir.path().join("model.safetensors")).unwrap();
+    let mut app = inspect_app(Some(dir.path().to_path_buf()));
+    app.open_images(vec![fixture("assets/samples/dfdc_real_kbodjivgqu.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    h.get_by_label_contains("no text encoder");
+    h.get_by_label_contains("Typing a prompt needs a CLIP text encoder");
+    assert!(h.query_by_label("Show heatmap").is_none());
 }
 
 /// Frame cost with a million scores loaded (plot data is computed once, on
@@ -156,4 +372,47 @@ fn frame_time_with_a_million_scores() {
         "UI frame (layout + tessellation, no GPU) with 1e6 scores loaded: {:?} per frame",
         start.elapsed() / frames
     );
+}
+
+#[test]
+fn cancelling_leaves_the_rest_marked_and_a_click_queues_one_again() {
+    use super::inspect::EntryState;
+    let sample = fixture("assets/samples/ciplab_fake_mid_66_1100.jpg");
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_images(vec![sample; 12]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect
+            .entries
+            .iter()
+            .any(|e| matches!(e.state, EntryState::Done(_)))
+    });
+    h.get_by_label("Cancel inspection").click();
+    h.run_steps(3);
+    let states = |a: &SfamApp| {
+        a.inspect
+            .entries
+            .iter()
+            .map(|e| match e.state {
+                EntryState::Done(_) => 'd',
+                EntryState::Cancelled => 'c',
+                EntryState::Pending => 'p',
+                EntryState::Failed(_) => 'f',
+            })
+            .collect::<String>()
+    };
+    let s = states(h.state());
+    assert!(!h.state().inspect.busy(), "{s}");
+    assert!(!s.contains('p') && !s.contains('f'), "{s}");
+    // The worker may have finished them all before the click; otherwise a
+    // cancelled photo is inspected when selected.
+    if let Some(k) = s.find('c') {
+        h.state_mut().inspect.select(k);
+        step_until(&mut h, |a| !a.inspect.busy());
+        assert!(matches!(
+            h.state().inspect.entries[k].state,
+            EntryState::Done(_)
+        ));
+    }
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
 }

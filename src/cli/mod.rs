@@ -25,10 +25,15 @@ pub struct Cli {
     /// What to do. Without a subcommand, `sfam` opens the desktop app.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// With no subcommand: open these in the app at start (score tables
-    /// `.csv`/`.json`, or dataset folders).
+    /// With no subcommand: open these in the app at start (photos in
+    /// Inspect, score tables `.csv`/`.json` in Datasets; folders in the view
+    /// shown last).
     #[arg(long, value_name = "PATH")]
     pub open: Vec<PathBuf>,
+    /// With no subcommand: the SFAM model folder the app's Inspect view
+    /// uses (remembered), instead of the bundled `models/default`.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
 }
 
 /// The subcommands.
@@ -108,7 +113,7 @@ pub enum Format {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => crate::app::run(cli.open).map(|()| ExitCode::SUCCESS),
+        None => crate::app::run(cli.open, cli.model).map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
         Some(Command::Faces(args)) => faces::run(&args),
