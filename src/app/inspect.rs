@@ -422,7 +422,8 @@ fn typed_map(m: &LoadedModel, aligned: &AlignedFace, text: &str) -> Result<Vec<f
     let mut head = m.model.head().clone();
     let mut texts = head.config().prompts.clone();
     texts.push(text.to_owned());
-    let embeds = Tensor::cat(&[head.prompt_embeds(), &embed], 0).map_err(|e| err(&e))?;
+    let current = head.prompt_embeds().map_err(|e| err(&e))?;
+    let embeds = Tensor::cat(&[&current, &embed], 0).map_err(|e| err(&e))?;
     head.set_prompts(texts, &embeds).map_err(|e| err(&e))?;
     let pixels = m
         .model
