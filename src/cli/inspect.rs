@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 use sfam_studio::data::image::load_rgb;
+use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
 use sfam_studio::model::{DeviceSpec, SfamModel, SfamOutput};
 
@@ -19,11 +20,18 @@ pub struct Args {
     /// Images of faces.
     #[arg(value_name = "IMG", required = true)]
     pub images: Vec<PathBuf>,
-    /// SFAM model folder: `config.json` + `model.safetensors` (CLIP) and
-    /// `sfam_head.json` + `sfam_head.safetensors` (see docs/MODEL.md).
-    /// Builds with the `hub` feature also take `hf://OWNER/NAME[@REVISION]`.
+    /// SFAM model folder: `sfam_head.json` + `sfam_head.safetensors` and
+    /// the backbone (`faceres.safetensors`, or CLIP's `config.json` +
+    /// `model.safetensors`; see docs/MODEL.md). Builds with the `hub`
+    /// feature also take `hf://OWNER/NAME[@REVISION]`. Default: the
+    /// bundled model, `models/default`.
     #[arg(long, value_name = "DIR")]
-    pub model: String,
+    pub model: Option<String>,
+    /// The images are faces already aligned to the 224×224 template: skip
+    /// detection, take each whole image (shorter side resized,
+    /// centre-cropped) with the template's landmarks.
+    #[arg(long)]
+    pub aligned: bool,
     /// Print JSON (every output: score, logit parts, routing, masks, maps, prompts).
     #[arg(long)]
     pub json: bool,
@@ -36,44 +44,104 @@ pub struct Args {
 }
 
 /// How the face was put into the template.
-const ALIGNMENT: &str = "whole image (shorter side resized, centre-cropped), assumed aligned to the template; no face detection yet";
+const ALIGNED: &str = "whole image (shorter side resized, centre-cropped), taken as aligned to the template (--aligned)";
+const DETECTED: &str = "detected (MTCNN) and aligned to the 224x224 template by its 5 landmarks";
+const PRECROPPED: &str = "no face detected: the whole image used as a tight face crop (precropped)";
 
 #[derive(Debug, Serialize)]
 struct Face<'a> {
     image: String,
-    /// Index of the face in its image.
+    /// Index of the face in its image (largest first).
     #[serde(rename = "face")]
     index: usize,
     alignment: &'a str,
+    /// The face box `[x1, y1, x2, y2]` in the image (after EXIF orientation).
+    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
+    bbox: Option<[f32; 4]>,
     /// The 5 landmarks in the aligned 224×224 face.
     landmarks: [[f32; 2]; 5],
     #[serde(flatten)]
     output: SfamOutput,
 }
 
+/// The bundled default model's folder.
+pub fn default_model() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let local = PathBuf::from("models/default");
+    for d in [dir, local] {
+        if d.join("sfam_head.json").is_file() {
+            return Ok(d);
+        }
+    }
+    anyhow::bail!("no default model found in models/default; pass --model DIR")
+}
+
 /// Runs `sfam inspect`.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let device = args.device.open()?;
-    let dir = resolve_model(&args.model, true)?;
+    let dir = match &args.model {
+        Some(m) => resolve_model(m, true)?,
+        None => default_model()?,
+    };
     let model = SfamModel::load(&dir, &device)?;
+    let detector = FaceDetector::load_default()?;
     let mut faces = Vec::with_capacity(args.images.len());
+    let mut errors = Vec::new();
     for path in &args.images {
-        let img = load_rgb(path)?;
-        let out = model.inspect_aligned(std::slice::from_ref(&img))?;
-        for (i, output) in out.into_iter().enumerate() {
+        if args.aligned {
+            let img = load_rgb(path)?;
+            let out = model.inspect_aligned(std::slice::from_ref(&img))?;
+            for (i, output) in out.into_iter().enumerate() {
+                faces.push(Face {
+                    image: path.display().to_string(),
+                    index: i,
+                    alignment: ALIGNED,
+                    bbox: None,
+                    landmarks: TEMPLATE_LANDMARKS,
+                    output,
+                });
+            }
+            continue;
+        }
+        let found = detector.faces_in_image(path, FaceOptions { tight_crops: true });
+        if let Some(e) = found.error {
+            eprintln!("{e}");
+            errors.push(e.to_string());
+            continue;
+        }
+        let aligned: Vec<_> = found.aligned.iter().collect();
+        let out = model.inspect_faces(&aligned)?;
+        for (i, ((output, a), f)) in out
+            .into_iter()
+            .zip(&found.aligned)
+            .zip(&found.faces)
+            .enumerate()
+        {
             faces.push(Face {
                 image: path.display().to_string(),
                 index: i,
-                alignment: ALIGNMENT,
-                landmarks: TEMPLATE_LANDMARKS,
+                alignment: if found.precropped {
+                    PRECROPPED
+                } else {
+                    DETECTED
+                },
+                bbox: Some(f.bbox),
+                landmarks: a.landmarks_aligned,
                 output,
             });
         }
+    }
+    if faces.is_empty() {
+        anyhow::bail!(
+            "no face could be inspected ({} image(s) failed)",
+            errors.len()
+        );
     }
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&serde_json::json!({
             "model": dir.display().to_string(),
             "faces": faces,
+            "errors": errors,
         }))?;
         s.push('\n');
         s
@@ -90,9 +158,10 @@ fn table(faces: &[Face<'_>]) -> Result<String> {
         let o = &f.output;
         writeln!(
             s,
-            "{} (face {}): score {:.4}  logit {:+.4} = global {:+.4} + regions {:+.4}",
+            "{} (face {}, {}): score {:.4}  logit {:+.4} = global {:+.4} + regions {:+.4}",
             f.image,
             f.index,
+            f.alignment,
             o.score,
             o.logit,
             o.global_logit,
@@ -135,8 +204,6 @@ fn table(faces: &[Face<'_>]) -> Result<String> {
             writeln!(s, "    {wins:>4}/{n}  {prompt}")?;
         }
     }
-    s.push_str("(alignment: ");
-    s.push_str(ALIGNMENT);
-    s.push_str("; use --json for every value)\n");
+    s.push_str("(use --json for every value)\n");
     Ok(s)
 }

@@ -81,10 +81,11 @@ pub enum Command {
     /// per-region logit parts, routing over experts, region masks, one
     /// alignment map per prompt.
     ///
-    /// For now each image is taken whole as one face already aligned to the
-    /// 224×224 template (shorter side resized, centre-cropped) and the
-    /// region masks come from the template's landmarks; the face pipeline
-    /// (detection + alignment, `sfam faces`) will replace this step.
+    /// Every face is detected and aligned by the face pipeline (`sfam
+    /// faces`; a crop without a detected face is used whole); the region
+    /// masks come from each face's own landmarks. `--aligned` takes each
+    /// image whole as a face already aligned to the template. Without
+    /// `--model`, the bundled default model.
     Inspect(inspect::Args),
     /// Train SFAM heads on a backbone: the bundled faceres network (last
     /// blocks fine-tuned) or a CLIP model folder (frozen).
