@@ -156,8 +156,9 @@ pub enum ItemError {
     /// Unreadable or undecodable file, no face, or failed detection.
     #[error(transparent)]
     Faces(#[from] ImageFacesError),
-    /// The face could not be turned into model input.
-    #[error("cannot prepare the face for the model ({message}): {}", path.display())]
+    /// The face could not be turned into model input, or preparing the
+    /// image failed unexpectedly (a panic in a decoder, caught).
+    #[error("cannot prepare the image for the model ({message}): {}", path.display())]
     Prepare {
         /// The image.
         path: PathBuf,

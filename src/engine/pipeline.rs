@@ -300,7 +300,9 @@ impl Engine {
                 slice
                     .par_iter()
                     .enumerate()
-                    .map(|(i, item)| (!halted()).then(|| self.prepare(base + i, item, cache)))
+                    .map(|(i, item)| {
+                        (!halted()).then(|| self.prepare_guarded(base + i, item, cache))
+                    })
                     .collect()
             });
             for p in prepared {
@@ -310,6 +312,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// [`Self::prepare`], with a panic in a decoder or the detector (a bug
+    /// that a crafted file might trigger) turned into a per-file error
+    /// instead of ending the run.
+    fn prepare_guarded(&self, index: usize, item: &Item, cache: Option<&Cache>) -> Prepared {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.prepare(index, item, cache)
+        }))
+        .unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Prepared::Failed {
+                index,
+                error: ItemError::Prepare {
+                    path: item.path.clone(),
+                    message: format!("internal error: {message}"),
+                },
+            }
+        })
     }
 
     /// Reads, hashes, looks up, decodes, detects, aligns and preprocesses
