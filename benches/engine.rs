@@ -10,8 +10,12 @@
 //! photos) and per model (the tiny model; `models/default/` when bundled,
 //! else CLIP ViT-B/16 with random weights and the SFAM heads, the real
 //! model's cost): end-to-end faces/s (no cache), model-only faces/s
-//! (batches of 8 of the same aligned faces, prepared beforehand), their
-//! ratio, and the share of the run the model was busy. Set
+//! (batches of 8 of the same aligned faces, prepared beforehand; measured
+//! before and after the end-to-end run, averaged), their ratio, and the
+//! share of the run the model was busy; also the process CPU seconds per
+//! face of both, whose ratio (model-only / end-to-end) predicts the
+//! throughput ratio on a machine of its own, and is far less disturbed
+//! than wall time when other processes share the cores. Set
 //! `RAYON_NUM_THREADS` (see BENCHMARKS.md).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -167,16 +171,34 @@ fn prepared_batches(model: &SfamModel, items: &[Item]) -> Vec<(Tensor, Tensor)> 
         .collect()
 }
 
-/// Faces per second of the model alone over the prepared batches.
-fn model_only(model: &SfamModel, batches: &[(Tensor, Tensor)]) -> f64 {
-    let t = Instant::now();
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat`
+/// (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let read = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    };
+    read().unwrap_or(0.0)
+}
+
+/// Faces per second of the model alone over the prepared batches, and
+/// CPU seconds per face.
+fn model_only(model: &SfamModel, batches: &[(Tensor, Tensor)]) -> (f64, f64) {
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let mut faces = 0;
     for (px, masks) in batches {
         faces += black_box(model.forward(px, masks).unwrap()).len();
     }
     #[allow(clippy::cast_precision_loss)]
     let faces = faces as f64;
-    faces / t.elapsed().as_secs_f64()
+    (
+        faces / t.elapsed().as_secs_f64(),
+        (cpu_seconds() - cpu) / faces,
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -205,8 +227,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// One line of the report: end to end, then the model alone (after a
-/// warm-up batch), on the same faces.
+/// One line of the report: the model alone (after a warm-up batch), end
+/// to end, the model alone again, on the same faces; the two model-only
+/// rates are averaged, so that a load change on a shared machine biases
+/// neither side.
 fn report_line(set: &str, items: &[Item], model_name: &str, model: &Arc<SfamModel>, id: &ModelId) {
     let engine = engine(model, id);
     let batches = prepared_batches(model, items);
@@ -214,17 +238,24 @@ fn report_line(set: &str, items: &[Item], model_name: &str, model: &Arc<SfamMode
     if let Some((px, masks)) = batches.first() {
         model.forward(px, masks).unwrap();
     }
+    let before = model_only(model, &batches);
+    let cpu = cpu_seconds();
     let report = engine
         .score(items, None, &AtomicBool::new(false), |_| {})
         .unwrap();
+    #[allow(clippy::cast_precision_loss)]
+    let e2e_cpu = (cpu_seconds() - cpu) / report.progress.faces as f64;
     let p = report.progress;
-    let alone = model_only(model, &batches);
+    let after = model_only(model, &batches);
+    let alone = f64::midpoint(before.0, after.0);
+    let alone_cpu = f64::midpoint(before.1, after.1);
     let e2e = p.faces_per_sec();
     println!(
-        "| {set} | {model_name} | {} | {e2e:.2} | {alone:.2} | {:.2} | {:.1} % | {} |",
+        "| {set} | {model_name} | {} | {e2e:.2} | {alone:.2} | {:.2} | {:.1} % | {e2e_cpu:.4} | {alone_cpu:.4} | {:.2} | {} |",
         items.len(),
         e2e / alone,
         100.0 * p.model_busy(),
+        alone_cpu / e2e_cpu,
         report.errors.len()
     );
 }
@@ -245,9 +276,9 @@ fn report() {
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
     println!(
-        "| images | model | n | end-to-end faces/s | model-only faces/s | ratio | model busy | errors |"
+        "| images | model | n | end-to-end faces/s | model-only faces/s | ratio | model busy | end-to-end CPU s/face | model-only CPU s/face | CPU ratio | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let (tiny_model, tiny_id) = tiny();
     let (big, big_id, big_name) = full_size();
     for (set, items) in &sets {

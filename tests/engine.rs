@@ -404,6 +404,14 @@ fn several_faces_the_largest_one_is_the_image_score() {
 }
 
 #[test]
+fn engine_and_cache_can_go_to_a_worker_thread() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    send_sync::<Cache>();
+    send_sync::<Report>();
+}
+
+#[test]
 fn bad_options_are_refused() {
     let model = Arc::new(SfamModel::load(&model_dir(), &candle_core::Device::Cpu).unwrap());
     for options in [
