@@ -133,7 +133,7 @@ impl Log {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64);
             let style = ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} images {per_sec} ETA {eta} {msg}",
+                "{elapsed_precise} [{bar:25}] {pos}/{len} images, {per_sec}, ETA {eta}, {msg}",
             )
             .map_or_else(
                 |_| ProgressStyle::default_bar(),
@@ -158,12 +158,7 @@ impl Log {
     fn progress(&mut self, p: &Progress) {
         if let Some(bar) = &self.bar {
             bar.set_position(p.done as u64);
-            bar.set_message(format!(
-                "({} cached, {} errors, {:.1} faces/s)",
-                p.cached,
-                p.failed,
-                p.faces_per_sec()
-            ));
+            bar.set_message(format!("{} cached, {} errors", p.cached, p.failed));
         } else if self.last_line.elapsed() >= LOG_EVERY || p.done == p.total {
             self.last_line = Instant::now();
             eprintln!(
