@@ -11,7 +11,6 @@ use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
 use sfam_studio::model::{DeviceSpec, SfamModel, SfamOutput};
 
-use super::embed::resolve_model;
 use super::emit;
 
 /// Arguments of `sfam inspect`.
@@ -64,25 +63,10 @@ struct Face<'a> {
     output: SfamOutput,
 }
 
-/// The bundled default model's folder.
-pub fn default_model() -> Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default");
-    let local = PathBuf::from("models/default");
-    for d in [dir, local] {
-        if d.join("sfam_head.json").is_file() {
-            return Ok(d);
-        }
-    }
-    anyhow::bail!("no default model found in models/default; pass --model DIR")
-}
-
 /// Runs `sfam inspect`.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let device = args.device.open()?;
-    let dir = match &args.model {
-        Some(m) => resolve_model(m, true)?,
-        None => default_model()?,
-    };
+    let dir = super::score::model_dir(args.model.as_deref())?;
     let model = SfamModel::load(&dir, &device)?;
     let detector = FaceDetector::load_default()?;
     let mut faces = Vec::with_capacity(args.images.len());

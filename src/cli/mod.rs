@@ -6,6 +6,7 @@ mod datasets;
 mod embed;
 mod faces;
 mod inspect;
+mod score;
 mod train;
 
 use std::io::Write;
@@ -97,6 +98,19 @@ pub enum Command {
     /// Cross-AUC, a checkpoint (a killed run resumes from it), `best/` (a
     /// model folder for `--model`) and `train_log.csv`.
     Train(train::Args),
+    /// Score every image of the datasets under the roots with the SFAM
+    /// model, into a score table for `sfam cross-auc`.
+    ///
+    /// Images are read, decoded and searched for faces in parallel while
+    /// the model scores the previous batch. Every image is taken as a
+    /// photo whose largest face is scored, or, when no face is detected,
+    /// as a tight face crop used whole (flagged precropped in --details).
+    /// Scores are cached per image content, model and preprocessing in
+    /// FILE.cache/, so a rerun (after a crash, or on a grown dataset)
+    /// scores only what is new. A file that cannot be scored is reported
+    /// (log, summary, FILE.errors.csv) and the run goes on; the exit
+    /// status is 0 whenever the run completed.
+    Score(score::Args),
 }
 
 /// Output formats of the table-producing commands.
@@ -121,6 +135,7 @@ pub fn main() -> ExitCode {
         Some(Command::Embed(args)) => embed::run(&args),
         Some(Command::Inspect(args)) => inspect::run(&args),
         Some(Command::Train(args)) => train::run(&args),
+        Some(Command::Score(args)) => score::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -87,11 +87,22 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
             path: path.to_path_buf(),
             source,
         })?;
-    if reader.format().is_none() {
-        return Err(ImageError::Unsupported {
-            path: path.to_path_buf(),
-            message: "unknown format".into(),
-        });
+    match reader.format() {
+        None => {
+            return Err(ImageError::Unsupported {
+                path: path.to_path_buf(),
+                message: "unknown format".into(),
+            });
+        }
+        // The JPEG decoder renders a cut file as grey below the cut
+        // without an error; refuse it instead.
+        Some(image::ImageFormat::Jpeg) if jpeg_is_truncated(bytes) => {
+            return Err(ImageError::Decode {
+                path: path.to_path_buf(),
+                message: "truncated JPEG: the data ends before the end-of-image marker".into(),
+            });
+        }
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(|e| classify(path, e))?;
     let orientation = decoder.orientation().ok();
@@ -102,11 +113,71 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
     Ok(img.into_rgb8())
 }
 
-/// Reads and decodes an image file (see the module docs).
+/// Whether JPEG data ends before its end-of-image marker. Follows the
+/// file's structure — segments by their lengths (so an EXIF thumbnail's own
+/// markers are skipped), entropy-coded data to the next marker that is
+/// neither byte stuffing nor a restart — and stops at the first
+/// end-of-image marker, so data appended after it does not matter.
+fn jpeg_is_truncated(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        // Segment level: find the next marker (decoders skip stray bytes).
+        let Some(p) = b
+            .get(i..)
+            .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
+        else {
+            return true;
+        };
+        let Some(q) = b[i + p..].iter().position(|&x| x != 0xFF) else {
+            return true;
+        };
+        let at = i + p + q; // the marker code
+        i = at + 1;
+        match b[at] {
+            0xD9 => return false,
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            code => {
+                let Some(len) = b
+                    .get(i..i + 2)
+                    .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                else {
+                    return true;
+                };
+                if len < 2 || i + len > b.len() {
+                    return true;
+                }
+                i += len;
+                if code == 0xDA {
+                    // Entropy-coded data: up to a marker other than a
+                    // stuffed 0xFF00 or a restart marker.
+                    loop {
+                        let Some(p) = b[i..].iter().position(|&x| x == 0xFF) else {
+                            return true;
+                        };
+                        let Some(q) = b[i + p..].iter().position(|&x| x != 0xFF) else {
+                            return true;
+                        };
+                        let next = i + p + q;
+                        if b[next] == 0x00 || (0xD0..=0xD7).contains(&b[next]) {
+                            i = next + 1;
+                        } else {
+                            i = next - 1; // the 0xFF before the marker
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads an image file's bytes, refusing an empty file (for callers that
+/// need the bytes themselves, e.g. to hash them, before [`decode_rgb`]).
 ///
 /// # Errors
-/// [`ImageError`] naming the file.
-pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+/// [`ImageError::Io`] when the file cannot be read, [`ImageError::Decode`]
+/// when it is empty; both name the file.
+pub fn read_image_bytes(path: &Path) -> Result<Vec<u8>, ImageError> {
     let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
@@ -117,7 +188,15 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
             message: "empty file".into(),
         });
     }
-    decode_rgb(&bytes, path)
+    Ok(bytes)
+}
+
+/// Reads and decodes an image file (see the module docs).
+///
+/// # Errors
+/// [`ImageError`] naming the file.
+pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    decode_rgb(&read_image_bytes(path)?, path)
 }
 
 #[cfg(test)]
@@ -166,6 +245,29 @@ mod tests {
             load_rgb(&dir.path().join("missing.png")).unwrap_err(),
             ImageError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused_and_trailing_data_is_not() {
+        // Noise, so that most of the file is entropy-coded data.
+        let mut s: u32 = 0x1234_5678;
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(96, 96, |_, _| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            Rgb(s.to_le_bytes()[..3].try_into().unwrap())
+        }));
+        let jpg = encode(&img, ImageFormat::Jpeg);
+        assert!(!jpeg_is_truncated(&jpg));
+        decode_rgb(&jpg, Path::new("whole.jpg")).unwrap();
+        for cut in [jpg.len() - 2, jpg.len() * 2 / 3, 40, 3] {
+            let e = decode_rgb(&jpg[..cut], Path::new("cut.jpg")).unwrap_err();
+            assert!(matches!(e, ImageError::Decode { .. }), "cut at {cut}: {e}");
+            assert!(e.to_string().contains("cut.jpg"));
+        }
+        let mut longer = jpg.clone();
+        longer.extend_from_slice(b"\xFF\xDA appended data, e.g. another picture");
+        decode_rgb(&longer, Path::new("appended.jpg")).unwrap();
     }
 
     #[test]
