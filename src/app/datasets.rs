@@ -1,7 +1,8 @@
 //! The researchers' view: a score table (any detector's) or discovered
 //! dataset folders -> per-dataset histograms and ROC curves, the Cross-AUC
 //! matrix as a coloured grid (hover: counts; click: the two distributions
-//! the cell contrasts and its ROC), threshold transfer, exports.
+//! the cell contrasts and its ROC), threshold transfer, exports. Discovered
+//! folders are scored with the model in the background ([`super::scoring`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use egui::{Color32, RichText, Ui};
 use egui_plot::{BarChart, Legend, Line, Plot, PlotPoints, VLine};
 use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
-use sfam_studio::data::scores::read_scores;
+use sfam_studio::data::scores::{ScoreRecord, read_scores};
 use sfam_studio::metrics::{
     Evaluation, EvaluationOptions, RocCurve, ThresholdRule, TransferCell, VideoAgg, rates_at,
     roc_curve, transfer_table,
@@ -17,6 +18,7 @@ use sfam_studio::metrics::{
 
 use super::jobs::{Ctx, Job};
 use super::plots::{Histogram, auc_color, score_range};
+use super::scoring::{ScoreOutcome, ScoredRun, default_cache_root, errors_message, score_datasets};
 
 /// Most points drawn per ROC curve (the curve is monotone: evenly spaced
 /// points keep its shape).
@@ -24,8 +26,9 @@ const ROC_POINTS: usize = 2000;
 
 /// An evaluation with everything the plots need, computed off the UI thread.
 pub struct Loaded {
-    /// The score table it came from.
-    pub source: PathBuf,
+    /// Where the scores came from: the score table, or the datasets and
+    /// the model that scored them.
+    pub source: String,
     /// The evaluation.
     pub eval: Evaluation,
     /// Shared score range of the histograms.
@@ -65,14 +68,26 @@ pub fn load_scores(
         return Err("cancelled".into());
     }
     ctx.progress(0.5, format!("evaluating {} scores", records.len()));
+    evaluate(&records, path.display().to_string(), video_agg)
+}
+
+/// Evaluates a score table and prepares its plots (on a worker thread).
+/// `source` says where the scores came from.
+///
+/// # Errors
+/// A message naming `source` when the table cannot be evaluated.
+pub fn evaluate(
+    records: &[ScoreRecord],
+    source: String,
+    video_agg: Option<VideoAgg>,
+) -> Result<Loaded, String> {
     let options = EvaluationOptions {
         video_agg,
         calibration_bins: Some(10),
         ..EvaluationOptions::default()
     };
-    let eval = Evaluation::from_records(&records, &options)
-        .map_err(|e| format!("cannot evaluate {}: {e}", path.display()))?;
-    ctx.progress(0.8, "preparing plots");
+    let eval = Evaluation::from_records(records, &options)
+        .map_err(|e| format!("cannot evaluate {source}: {e}"))?;
     let range = score_range(eval.domains.iter().flat_map(|d| [&d.real, &d.fake]));
     let hists = eval
         .domains
@@ -94,7 +109,7 @@ pub fn load_scores(
         })
         .collect();
     Ok(Loaded {
-        source: path.to_path_buf(),
+        source,
         eval,
         range,
         hists,
@@ -143,6 +158,20 @@ pub enum Request {
     ExportMatrix,
     /// Save a PNG of the plots on screen.
     ExportPlotsPng,
+    /// Score the discovered datasets with the model in use.
+    ScoreDatasets,
+    /// Save the last scoring run's score table (CSV or JSON).
+    SaveScoresDialog,
+}
+
+/// The model the view scores with: its folder, and whether it is the
+/// bundled one (else the user's choice).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInUse<'a> {
+    /// The model folder.
+    pub dir: &'a Path,
+    /// The bundled model (not one the user chose).
+    pub bundled: bool,
 }
 
 /// State of the datasets view.
@@ -154,7 +183,7 @@ pub struct DatasetsView {
     /// Dataset roots added by the user.
     pub roots: Vec<PathBuf>,
     /// What discovery found under them.
-    pub discovery: Option<Discovery>,
+    pub discovery: Option<Arc<Discovery>>,
     /// Transfer rule in use, and its table.
     pub rule: RuleChoice,
     transfer: Option<(RuleChoice, Vec<TransferCell>)>,
@@ -164,6 +193,15 @@ pub struct DatasetsView {
     pub load_job: Option<Job<Result<Loaded, String>>>,
     /// A running discovery.
     pub discover_job: Option<Job<Discovery>>,
+    /// A running scoring of the discovered datasets.
+    pub score_job: Option<Job<ScoreOutcome>>,
+    /// The last finished scoring run (its table can be saved).
+    pub scored: Option<ScoredRun>,
+    /// What the last scoring run that did not finish said (cancelled,
+    /// failed).
+    pub score_note: Option<String>,
+    /// Where scores are cached (see [`default_cache_root`]).
+    pub cache_root: PathBuf,
 }
 
 impl Default for DatasetsView {
@@ -178,6 +216,10 @@ impl Default for DatasetsView {
             plots_rect: None,
             load_job: None,
             discover_job: None,
+            score_job: None,
+            scored: None,
+            score_note: None,
+            cache_root: default_cache_root(),
         }
     }
 }
@@ -220,6 +262,30 @@ impl DatasetsView {
         Ok(())
     }
 
+    /// Starts scoring the discovered datasets with the model folder
+    /// `model` in the background (model loading included); a running
+    /// scoring is cancelled first.
+    pub fn start_scoring(
+        &mut self,
+        model: PathBuf,
+        video_agg: Option<VideoAgg>,
+        repaint: Option<egui::Context>,
+    ) -> Result<(), String> {
+        let Some(found) = self.discovery.clone() else {
+            return Err("no dataset folders to score; add one first".into());
+        };
+        if let Some(job) = &self.score_job {
+            job.cancel();
+        }
+        self.score_note = None;
+        let cache_root = self.cache_root.clone();
+        let title = format!("scoring with {}", model.display());
+        self.score_job = Some(Job::spawn("score-datasets", title, repaint, move |ctx| {
+            score_datasets(&found, &model, &cache_root, video_agg, ctx)
+        })?);
+        Ok(())
+    }
+
     /// Drains the jobs; returns errors to show (once).
     pub fn poll(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
@@ -249,12 +315,44 @@ impl DatasetsView {
                 None => {}
                 Some(Ok(found)) => {
                     errors.extend(found.errors.iter().map(ToString::to_string));
-                    self.discovery = Some(found);
+                    self.discovery = Some(Arc::new(found));
                     self.discover_job = None;
                 }
                 Some(Err(())) => {
                     errors.push("the discovery worker stopped unexpectedly".into());
                     self.discover_job = None;
+                }
+            }
+        }
+        if let Some(job) = &mut self.score_job {
+            match job.poll() {
+                None => {}
+                Some(Ok(ScoreOutcome::Done(loaded, run))) => {
+                    errors.extend(errors_message(&run));
+                    self.loaded = Some(Arc::new(*loaded));
+                    self.detail = None;
+                    self.transfer = None;
+                    self.scored = Some(run);
+                    self.score_job = None;
+                }
+                Some(Ok(ScoreOutcome::Cancelled(p))) => {
+                    self.score_note = Some(format!(
+                        "Scoring cancelled after {} of {} images; the {} scored are cached, \
+                         so scoring again resumes there.",
+                        p.done,
+                        p.total,
+                        p.done - p.failed
+                    ));
+                    self.score_job = None;
+                }
+                Some(Ok(ScoreOutcome::Failed(e))) => {
+                    self.score_note = Some("Scoring failed (see the error below).".into());
+                    errors.push(e);
+                    self.score_job = None;
+                }
+                Some(Err(())) => {
+                    errors.push("the scoring worker stopped unexpectedly".into());
+                    self.score_job = None;
                 }
             }
         }
@@ -289,7 +387,12 @@ impl DatasetsView {
     }
 
     /// Draws the view; returns what the user asked for.
-    pub fn ui(&mut self, ui: &mut Ui, threshold: &mut f64) -> Vec<Request> {
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        threshold: &mut f64,
+        model: Option<ModelInUse<'_>>,
+    ) -> Vec<Request> {
         let mut requests = Vec::new();
         ui.horizontal_wrapped(|ui| {
             if ui.button("Open score file...").clicked() {
@@ -331,7 +434,7 @@ impl DatasetsView {
                 }
             });
         }
-        self.discovery_ui(ui);
+        self.discovery_ui(ui, model, &mut requests);
         ui.separator();
         let Some(loaded) = self.loaded.clone() else {
             ui.label("No scores yet. Open a score table (CSV `path,dataset,label,score[,video]` or JSON) written by `sfam score` or by any other detector.");
@@ -343,7 +446,12 @@ impl DatasetsView {
         requests
     }
 
-    fn discovery_ui(&self, ui: &mut Ui) {
+    fn discovery_ui(
+        &self,
+        ui: &mut Ui,
+        model: Option<ModelInUse<'_>>,
+        requests: &mut Vec<Request>,
+    ) {
         if self.discover_job.is_some() {
             ui.horizontal(|ui| {
                 ui.spinner();
@@ -351,32 +459,97 @@ impl DatasetsView {
             });
         }
         let Some(found) = &self.discovery else { return };
-        ui.collapsing(format!("Dataset folders ({} datasets)", found.datasets.len()), |ui| {
-            egui::Grid::new("discovered").striped(true).show(ui, |ui| {
-                for h in ["dataset", "real", "fake", "source"] {
-                    ui.strong(h);
-                }
-                ui.end_row();
-                for d in &found.datasets {
-                    use sfam_studio::data::Label;
-                    ui.label(&d.name);
-                    ui.label(d.count(Label::Real).to_string());
-                    ui.label(d.count(Label::Fake).to_string());
-                    ui.label(d.source.display().to_string());
+        ui.collapsing(
+            format!("Dataset folders ({} datasets)", found.datasets.len()),
+            |ui| {
+                egui::Grid::new("discovered").striped(true).show(ui, |ui| {
+                    for h in ["dataset", "real", "fake", "source"] {
+                        ui.strong(h);
+                    }
                     ui.end_row();
+                    for d in &found.datasets {
+                        use sfam_studio::data::Label;
+                        ui.label(&d.name);
+                        ui.label(d.count(Label::Real).to_string());
+                        ui.label(d.count(Label::Fake).to_string());
+                        ui.label(d.source.display().to_string());
+                        ui.end_row();
+                    }
+                });
+                if !found.skipped.is_empty() {
+                    ui.label(format!("{} non-image files skipped", found.skipped.len()));
+                }
+            },
+        );
+        self.scoring_ui(ui, model, requests);
+    }
+
+    /// The "Score with model" row, the running job's progress and the last
+    /// run's summary.
+    fn scoring_ui(&self, ui: &mut Ui, model: Option<ModelInUse<'_>>, requests: &mut Vec<Request>) {
+        let busy = self.score_job.is_some() || self.discover_job.is_some();
+        ui.horizontal_wrapped(|ui| {
+            if ui
+                .add_enabled(model.is_some() && !busy, egui::Button::new("Score with model"))
+                .on_hover_text("score every image of the datasets above with the SFAM model (cached scores are reused)")
+                .clicked()
+            {
+                requests.push(Request::ScoreDatasets);
+            }
+            match model {
+                Some(m) => ui.label(format!(
+                    "model: {} ({})",
+                    m.dir.display(),
+                    if m.bundled { "bundled" } else { "chosen in Inspect" }
+                )),
+                None => ui.label(
+                    RichText::new("No model: choose a model folder in the Inspect view.").weak(),
+                ),
+            };
+            if ui
+                .add_enabled(self.scored.is_some(), egui::Button::new("Save scores..."))
+                .clicked()
+            {
+                requests.push(Request::SaveScoresDialog);
+            }
+        });
+        if let Some(job) = &self.score_job {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.add(
+                    egui::ProgressBar::new(job.progress.0)
+                        .desired_width((ui.available_width() - 100.0).max(120.0))
+                        .text(format!("{}: {}", job.title, job.progress.1)),
+                );
+                if ui.button("Cancel scoring").clicked() {
+                    job.cancel();
                 }
             });
-            if !found.skipped.is_empty() {
-                ui.label(format!("{} non-image files skipped", found.skipped.len()));
+        } else if let Some(note) = &self.score_note {
+            ui.label(note);
+        } else if let Some(run) = &self.scored {
+            let p = &run.progress;
+            ui.label(format!(
+                "Scored {} of {} images: {} computed, {} from cache, {} failed; {:.1} faces/s.",
+                run.records.len(),
+                p.total,
+                p.computed,
+                p.cached,
+                p.failed,
+                p.faces_per_sec()
+            ));
+            if run.cache_write_failures > 0 {
+                ui.label(format!(
+                    "{} scores could not be written to the cache (they will be computed again next time).",
+                    run.cache_write_failures
+                ));
             }
-            ui.label(
-                RichText::new(
-                    "Scoring folders needs the scoring engine and a model, which this build does not have yet; \
-                     score them with another detector and open its score file.",
-                )
-                .weak(),
-            );
-        });
+        }
+        let cache = self
+            .scored
+            .as_ref()
+            .map_or_else(|| self.cache_root.clone(), |r| r.cache_dir.clone());
+        ui.label(RichText::new(format!("score cache: {}", cache.display())).weak());
     }
 
     #[allow(clippy::too_many_lines)] // one linear page of plots
@@ -384,7 +557,7 @@ impl DatasetsView {
         let c = &l.eval.cross_auc;
         ui.heading(format!(
             "{} - {} datasets, {} scores",
-            l.source.display(),
+            l.source,
             c.datasets.len(),
             l.eval.n_records
         ));

@@ -36,6 +36,11 @@ impl<T> Ctx<T> {
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
+
+    /// The cancel flag itself, for code that polls one (the engine).
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
+    }
 }
 
 /// A running job.

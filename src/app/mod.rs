@@ -8,6 +8,7 @@ mod inspect;
 mod jobs;
 mod overlay;
 mod plots;
+mod scoring;
 #[cfg(test)]
 #[allow(clippy::float_cmp)]
 mod tests;
@@ -18,9 +19,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use egui::{RichText, Ui};
 use serde::{Deserialize, Serialize};
 use sfam_studio::data::atomic::write_atomic;
+use sfam_studio::data::scores::{ScoreFormat, write_scores};
 use sfam_studio::metrics::{VideoAgg, evaluation_json, matrix_csv};
 
-pub use datasets::{DatasetsView, Request};
+pub use datasets::{DatasetsView, ModelInUse, Request};
 pub use inspect::InspectView;
 
 /// Settings kept between runs (eframe storage).
@@ -89,6 +91,7 @@ enum DialogKind {
     ChooseModel,
     ExportFacePng,
     ExportFaceJson,
+    SaveScores,
 }
 
 /// The application.
@@ -176,6 +179,51 @@ impl SfamApp {
             .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
     }
 
+    /// The model folder in use (Inspect's and the Datasets view's): the
+    /// chosen one, else the bundled one; and whether it is the bundled one.
+    fn model_in_use(&self) -> Option<(PathBuf, bool)> {
+        match &self.settings.model_dir {
+            Some(d) => Some((d.clone(), false)),
+            None => self.inspect.bundled.clone().map(|d| (d, true)),
+        }
+    }
+
+    /// Scores the discovered datasets with the model in use (in the
+    /// background).
+    pub fn score_datasets(&mut self) {
+        let Some((dir, _)) = self.model_in_use() else {
+            self.errors
+                .push("no model to score with: choose a model folder in the Inspect view".into());
+            return;
+        };
+        if let Err(e) =
+            self.datasets
+                .start_scoring(dir, self.settings.video_agg, self.repaint.clone())
+        {
+            self.errors.push(e);
+        }
+    }
+
+    /// Writes the last scoring run's score table (CSV, or JSON for a
+    /// `.json` name) atomically, on a worker thread.
+    pub fn save_scores(&mut self, path: PathBuf) {
+        let Some(run) = &self.datasets.scored else {
+            self.errors.push("no scores to save yet".into());
+            return;
+        };
+        let Some(format) = ScoreFormat::from_path(&path) else {
+            self.errors.push(format!(
+                "a score table must end in .csv or .json: {}",
+                path.display()
+            ));
+            return;
+        };
+        let records = run.records.clone();
+        self.in_background(path, move |p| {
+            write_scores(p, &records, format).map_err(|e| e.to_string())
+        });
+    }
+
     /// Drains worker messages (no UI; called every frame and while hidden).
     pub fn poll(&mut self) {
         let errors = self.datasets.poll();
@@ -207,6 +255,7 @@ impl SfamApp {
                         DialogKind::ChooseModel => self.choose_model(Some(path)),
                         DialogKind::ExportFacePng => self.export_face_png(path),
                         DialogKind::ExportFaceJson => self.export_face_json(path),
+                        DialogKind::SaveScores => self.save_scores(path),
                     }
                 }
                 Event::Saved(Ok(path)) => self.status = Some(format!("saved {}", path.display())),
@@ -265,6 +314,13 @@ impl SfamApp {
                         .save_file()
                         .into_iter()
                         .collect(),
+                    DialogKind::SaveScores => d
+                        .add_filter("CSV", &["csv"])
+                        .add_filter("JSON", &["json"])
+                        .set_file_name("scores.csv")
+                        .save_file()
+                        .into_iter()
+                        .collect(),
                 };
                 let _ = tx.send(Event::Picked(kind, paths));
                 if let Some(c) = repaint {
@@ -287,7 +343,7 @@ impl SfamApp {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let text = if json {
-            serde_json::to_string_pretty(&evaluation_json(&l.eval, &l.source.display().to_string()))
+            serde_json::to_string_pretty(&evaluation_json(&l.eval, &l.source))
                 .map_err(|e| e.to_string())
         } else {
             matrix_csv(&l.eval.cross_auc).map_err(|e| e.to_string())
@@ -332,15 +388,27 @@ impl SfamApp {
         path: PathBuf,
         bytes: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
     ) {
+        self.in_background(path, move |path| {
+            bytes().and_then(|b| {
+                write_atomic(path, |w| w.write_all(&b))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            })
+        });
+    }
+
+    /// Runs `write` (which writes `path`) on a named thread; the outcome
+    /// comes back as [`Event::Saved`].
+    fn in_background(
+        &mut self,
+        path: PathBuf,
+        write: impl FnOnce(&Path) -> Result<(), String> + Send + 'static,
+    ) {
         let tx = self.events_tx.clone();
         let repaint = self.repaint.clone();
         let spawned = std::thread::Builder::new()
             .name("sfam-export".into())
             .spawn(move || {
-                let result = bytes().and_then(|b| {
-                    write_atomic(&path, |w| w.write_all(&b))
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-                });
+                let result = write(&path);
                 let _ = tx.send(Event::Saved(result.map(|()| path)));
                 if let Some(c) = repaint {
                     c.request_repaint();
@@ -418,13 +486,20 @@ impl SfamApp {
         }
         egui::CentralPanel::default().show(ui, |ui| match self.settings.view {
             View::Datasets => {
-                let requests = self.datasets.ui(ui, &mut self.settings.threshold);
+                let model = self.model_in_use();
+                let model = model.as_ref().map(|(dir, bundled)| ModelInUse {
+                    dir,
+                    bundled: *bundled,
+                });
+                let requests = self.datasets.ui(ui, &mut self.settings.threshold, model);
                 for r in requests {
                     match r {
                         Request::OpenScoresDialog => self.dialog(DialogKind::OpenScores),
                         Request::AddRootDialog => self.dialog(DialogKind::AddRoot),
                         Request::ExportMatrix => self.dialog(DialogKind::ExportMatrix),
                         Request::ExportPlotsPng => self.dialog(DialogKind::ExportPng),
+                        Request::ScoreDatasets => self.score_datasets(),
+                        Request::SaveScoresDialog => self.dialog(DialogKind::SaveScores),
                     }
                 }
             }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT as _, Queryable};
 
 use super::{Settings, SfamApp, View};
 
@@ -415,4 +415,171 @@ fn cancelling_leaves_the_rest_marked_and_a_click_queues_one_again() {
         ));
     }
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+// ---- Scoring dataset folders ----
+
+/// `<tmp>/dsA/{real,fake}/` and `<tmp>/dsB/{real,fake}/`, two sample
+/// photos each (eight different files).
+fn dataset_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("dsA/real", "dfdc_real_kbodjivgqu.jpg"),
+        ("dsA/real", "dfdc_real_vyaxwjevgp.jpg"),
+        ("dsA/fake", "dfdc_fake_hlsbacxpca.jpg"),
+        ("dsA/fake", "dfdc_fake_mbmruhrpfd.jpg"),
+        ("dsB/real", "dfdc_real_wtaghbgiln.jpg"),
+        ("dsB/real", "ciplab_real_real_00311.jpg"),
+        ("dsB/fake", "dfdc_fake_pnpyiohvrh.jpg"),
+        ("dsB/fake", "ciplab_fake_easy_55_0011.jpg"),
+    ];
+    for (sub, name) in files {
+        let to = dir.path().join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(fixture(&format!("assets/samples/{name}")), to.join(name)).unwrap();
+    }
+    dir
+}
+
+/// An app on the Datasets view with this model folder, no bundled model,
+/// the score cache in `cache`, and `root` discovered.
+fn scoring_app(
+    model: PathBuf,
+    root: &std::path::Path,
+    cache: &std::path::Path,
+) -> Harness<'static, SfamApp> {
+    let settings = Settings {
+        model_dir: Some(model),
+        ..Settings::default()
+    };
+    let mut app = SfamApp::new(settings, None);
+    app.inspect.bundled = None;
+    app.datasets.cache_root = cache.to_path_buf();
+    app.add_root(root.to_path_buf());
+    let mut h = harness(app);
+    step_until(&mut h, |a| a.datasets.discovery.is_some());
+    h
+}
+
+fn scored(h: &mut Harness<'_, SfamApp>) {
+    step_until(h, |a| a.datasets.score_job.is_none());
+}
+
+#[test]
+fn dataset_folders_are_scored_with_the_model_and_rescored_from_the_cache() {
+    let tree = dataset_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let mut h = scoring_app(tiny_model(), tree.path(), cache.path());
+    h.get_by_label_contains("model: ");
+    h.get_by_label_contains("chosen in Inspect");
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    assert!(h.state().datasets.score_job.is_some());
+    scored(&mut h);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // The scores are the loaded evaluation: the matrix with both datasets.
+    let loaded = h.state().datasets.loaded.clone().unwrap();
+    let c = &loaded.eval.cross_auc;
+    assert_eq!(c.datasets, ["dsA", "dsB"]);
+    assert_eq!(loaded.eval.n_records, 8);
+    assert!(c.matrix.iter().flatten().all(|cell| cell.value().is_some()));
+    h.get_by_label("real \\ fake");
+    assert!(h.get_all_by_label("dsA").count() >= 2);
+    h.get_by_label_contains("mean off-diagonal");
+    h.get_by_label_contains("Scored 8 of 8 images: 8 computed, 0 from cache, 0 failed");
+
+    // The table saves (CSV, atomically, on a worker).
+    let out = cache.path().join("scores.csv");
+    h.state_mut().save_scores(out.clone());
+    step_until(&mut h, |a| a.status.is_some() || !a.errors.is_empty());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let saved = sfam_studio::data::scores::read_scores(&out).unwrap();
+    assert_eq!(saved.len(), 8);
+    assert_eq!(saved, *h.state().datasets.scored.as_ref().unwrap().records);
+
+    // Scoring again takes every score from the cache.
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    scored(&mut h);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let p = h.state().datasets.scored.as_ref().unwrap().progress;
+    assert_eq!((p.cached, p.computed, p.total), (8, 0, 8));
+    h.get_by_label_contains("0 computed, 8 from cache");
+    // Same scores as the first run.
+    let again = h.state().datasets.loaded.clone().unwrap();
+    assert_eq!(again.eval.n_records, 8);
+    assert_eq!(
+        again.eval.cross_auc.matrix[0][1].value(),
+        c.matrix[0][1].value()
+    );
+}
+
+#[test]
+fn cancelling_a_scoring_run_keeps_the_app_usable() {
+    let tree = dataset_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let mut h = scoring_app(tiny_model(), tree.path(), cache.path());
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    // Cancelled at once (the button does the same: `Job::cancel`); the
+    // progress row with its button shows while the job runs.
+    h.state().datasets.score_job.as_ref().unwrap().cancel();
+    h.step();
+    if h.state().datasets.score_job.is_some() {
+        h.get_by_label("Cancel scoring");
+    }
+    scored(&mut h);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // The worker may have finished before the click; otherwise nothing
+    // partial is shown as an evaluation.
+    let d = &h.state().datasets;
+    if d.scored.is_none() {
+        assert!(d.loaded.is_none());
+        h.get_by_label_contains("Scoring cancelled after");
+    }
+    // The button works again and the rerun completes.
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    scored(&mut h);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let p = h.state().datasets.scored.as_ref().unwrap().progress;
+    assert_eq!(p.cached + p.computed, 8);
+}
+
+#[test]
+fn a_model_folder_that_fails_to_load_for_scoring_is_reported_once() {
+    let tree = dataset_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let mut h = scoring_app(fixture("tests/fixtures/cli"), tree.path(), cache.path());
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    scored(&mut h);
+    h.run_steps(5);
+    assert_eq!(h.state().errors.len(), 1, "{:?}", h.state().errors);
+    let e = &h.state().errors[0];
+    assert!(
+        e.contains("cannot load the model") && e.contains("fixtures/cli"),
+        "{e}"
+    );
+    assert!(h.state().datasets.loaded.is_none());
+    h.get_by_label_contains("Scoring failed");
+}
+
+#[test]
+fn without_a_model_scoring_is_unavailable_and_says_why() {
+    let tree = dataset_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let settings = Settings::default();
+    let mut app = SfamApp::new(settings, None);
+    app.inspect.bundled = None;
+    app.datasets.cache_root = cache.path().to_path_buf();
+    app.add_root(tree.path().to_path_buf());
+    let mut h = harness(app);
+    step_until(&mut h, |a| a.datasets.discovery.is_some());
+    h.get_by_label_contains("No model: choose a model folder");
+    assert!(
+        h.get_by_label("Score with model")
+            .accesskit_node()
+            .is_disabled()
+    );
 }
