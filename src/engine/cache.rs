@@ -385,8 +385,12 @@ mod tests {
         assert_eq!(a, ModelId::of_dir(dir.path()).unwrap());
         fs::write(dir.path().join(HEAD_WEIGHTS_FILE), b"changed").unwrap();
         assert_ne!(a, ModelId::of_dir(dir.path()).unwrap());
+        // Backbone files count when present; the head is required.
+        let b = ModelId::of_dir(dir.path()).unwrap();
         fs::remove_file(dir.path().join("config.json")).unwrap();
+        assert_ne!(b, ModelId::of_dir(dir.path()).unwrap());
+        fs::remove_file(dir.path().join(HEAD_CONFIG_FILE)).unwrap();
         let e = ModelId::of_dir(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("config.json"), "{e}");
+        assert!(e.contains(HEAD_CONFIG_FILE), "{e}");
     }
 }
