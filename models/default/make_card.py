@@ -1,0 +1,46 @@
+"""Writes models/default/card.json from a finished `sfam train` run.
+
+Run by hand after training (the Rust tests never run Python):
+
+    python3 models/default/make_card.py RUN_DIR
+
+It reads RUN_DIR/train_log.csv and RUN_DIR/checkpoint/state.json (the best
+epoch) and evaluates RUN_DIR/best/val_scores.csv with `sfam cross-auc
+--format json` (the release binary, or $SFAM_BIN), so every figure of the
+card comes from the run's own files. tests/default_model.rs checks that the
+engine, scoring models/default/val_split.csv, reproduces them.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+run = Path(sys.argv[1])
+root = Path(__file__).resolve().parents[2]
+state = json.loads((run / "checkpoint" / "state.json").read_text())
+best = state["best_epoch"]
+log = list(csv.DictReader(open(run / "train_log.csv")))
+ev = json.loads(
+    subprocess.run(
+        [os.environ.get("SFAM_BIN", str(root / "target/release/sfam")), "cross-auc", str(run / "best/val_scores.csv"), "--format", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+)
+card = {
+    "best_epoch": best,
+    "epochs": len(log),
+    "train_seconds": round(sum(float(r["seconds"]) for r in log), 1),
+    "val_auc": {name: d["auc"] for name, d in ev["per_dataset"].items()},
+    "val_eer": {name: d["eer"] for name, d in ev["per_dataset"].items()},
+    "val_counts": {name: [d["n_real"], d["n_fake"]] for name, d in ev["per_dataset"].items()},
+    "val_cross_auc": ev["summary"]["mean_off_diagonal"],
+    "val_matrix": {"datasets": ev["datasets"], "rows_real_cols_fake": ev["matrix"]},
+    "log": log,
+}
+(root / "models/default/card.json").write_text(json.dumps(card, indent=2) + "\n")
+print(json.dumps({k: card[k] for k in ("best_epoch", "train_seconds", "val_auc", "val_cross_auc")}, indent=2))
