@@ -63,7 +63,11 @@ fn engine_reproduces_the_model_card() {
     for d in &eval.per_dataset {
         let want = card["val_auc"][&d.name].as_f64().unwrap();
         let got = d.auc.unwrap();
-        assert!((got - want).abs() < 0.005, "{}: {got} vs card {want}", d.name);
+        assert!(
+            (got - want).abs() < 0.005,
+            "{}: {got} vs card {want}",
+            d.name
+        );
     }
     let want = card["val_cross_auc"].as_f64().unwrap();
     let got = eval.cross_auc.summary.mean_off_diagonal.unwrap();
