@@ -171,6 +171,35 @@ fn faceres_backbone_finetunes_and_reloads() {
 }
 
 #[test]
+fn same_seed_same_model() {
+    let data = sample_tree();
+    let weights = root().join("models/faceres/faceres.safetensors");
+    let run_once = |seed: u64| {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(
+            data.path(),
+            out.path(),
+            BackboneChoice::FaceRes {
+                weights: weights.clone(),
+                train_blocks: 1,
+            },
+        );
+        o.augment = AugmentOptions::default();
+        o.seed = seed;
+        run(&o).0.unwrap();
+        let best = out.path().join("best");
+        (
+            std::fs::read(best.join("sfam_head.safetensors")).unwrap(),
+            std::fs::read(best.join("faceres.safetensors")).unwrap(),
+            std::fs::read_to_string(best.join("val_scores.csv")).unwrap(),
+        )
+    };
+    let a = run_once(5);
+    assert!(a == run_once(5), "same seed, different model");
+    assert!(a.0 != run_once(6).0, "the seed changes nothing");
+}
+
+#[test]
 fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();

@@ -755,7 +755,7 @@ pub fn train(
         });
     }
 
-    let mut net = TrainNet::new(&opts.backbone, opts.head_config(), &opts.device)?;
+    let mut net = TrainNet::new(&opts.backbone, opts.head_config(), &opts.device, opts.seed)?;
     let ckpt = opts.out.join("checkpoint");
     let best_dir = opts.out.join("best");
     let fp = fingerprint(opts);

@@ -7,7 +7,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor, Var};
+use std::cell::RefCell;
+
 use candle_nn::{Init, Module, VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 
 use super::TrainError;
 use crate::model::clip::{ClipModel, Towers};
@@ -105,13 +110,41 @@ fn head_init(key: &str, shape: &[usize]) -> Init {
     }
 }
 
+/// Creates the variable `key` with values drawn from `init` by the seeded
+/// generator `rng` (candle's own random initialisation on the CPU cannot
+/// be seeded, so a run would not be reproducible).
 fn var_get(
     vb: &VarBuilder<'_>,
+    map: &VarMap,
+    rng: &RefCell<ChaCha8Rng>,
     key: &str,
     shape: &[usize],
     init: Init,
 ) -> Result<Tensor, ModelError> {
-    Ok(vb.get_with_hints(shape.to_vec(), key, init)?)
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = match init {
+        #[allow(clippy::cast_possible_truncation)]
+        Init::Const(v) => vec![v as f32; n],
+        #[allow(clippy::cast_possible_truncation)]
+        Init::Randn { mean, stdev } => {
+            let normal = Normal::new(mean as f32, stdev as f32)
+                .map_err(|e| ModelError::Input(format!("initialising {key}: {e}")))?;
+            let mut rng = rng.borrow_mut();
+            (0..n).map(|_| normal.sample(&mut *rng)).collect()
+        }
+        _ => return Ok(vb.get_with_hints(shape.to_vec(), key, init)?),
+    };
+    let t = Tensor::from_vec(values, shape, vb.device())?;
+    let created = vb.get_with_hints(shape.to_vec(), key, Init::Const(0.0))?;
+    let data = map
+        .data()
+        .lock()
+        .map_err(|_| ModelError::Input("variable map poisoned".into()))?;
+    match data.get(key) {
+        Some(var) => var.set(&t)?,
+        None => return Err(ModelError::Input(format!("variable {key} was not created"))),
+    }
+    Ok(created)
 }
 
 impl TrainNet {
@@ -125,9 +158,11 @@ impl TrainNet {
         choice: &BackboneChoice,
         mut config: HeadConfig,
         device: &Device,
+        seed: u64,
     ) -> Result<Self, TrainError> {
         let mut backbone_vars = VarMap::new();
         let head_vars = VarMap::new();
+        let rng = RefCell::new(ChaCha8Rng::seed_from_u64(seed ^ 0x1417));
         let body = match choice {
             BackboneChoice::FaceRes {
                 weights,
@@ -167,9 +202,18 @@ impl TrainNet {
                         stdev: (1.0 / d_in as f64).sqrt(),
                     };
                     Ok(candle_nn::Linear::new(
-                        var_get(&vb, &format!("{name}.weight"), &[d, d_in], init)?,
+                        var_get(
+                            &vb,
+                            &backbone_vars,
+                            &rng,
+                            &format!("{name}.weight"),
+                            &[d, d_in],
+                            init,
+                        )?,
                         Some(var_get(
                             &vb,
+                            &backbone_vars,
+                            &rng,
                             &format!("{name}.bias"),
                             &[d],
                             Init::Const(0.0),
@@ -217,7 +261,7 @@ impl TrainNet {
             .map_err(|m| TrainError::Model(ModelError::Input(m)))?;
         let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
         let head = SfamHead::from_getter(config.clone(), &|key: &str, shape: &[usize]| {
-            var_get(&vb, key, shape, head_init(key, shape))
+            var_get(&vb, &head_vars, &rng, key, shape, head_init(key, shape))
         })?;
         Ok(Self {
             body,
