@@ -583,3 +583,52 @@ fn without_a_model_scoring_is_unavailable_and_says_why() {
             .is_disabled()
     );
 }
+
+#[test]
+#[ignore = "measurement (needs ../shared/data): run with --ignored --nocapture"]
+fn frame_time_while_a_dataset_scores() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dfdc");
+    let tree = tempfile::tempdir().unwrap();
+    for label in ["real", "fake"] {
+        let to = tree.path().join("dfdc").join(label);
+        std::fs::create_dir_all(&to).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(shared.join(label))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names.iter().take(150) {
+            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let mut h = scoring_app(model, tree.path(), cache.path());
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    let mut frames = Vec::new();
+    let start = Instant::now();
+    while h.state().datasets.score_job.is_some() {
+        assert!(
+            start.elapsed() < Duration::from_mins(2),
+            "scoring never ended"
+        );
+        let t = Instant::now();
+        h.step();
+        frames.push(t.elapsed());
+        // About 60 frames a second, as eframe would ask for them.
+        std::thread::sleep(Duration::from_millis(16).saturating_sub(t.elapsed()));
+    }
+    frames.sort();
+    let n = frames.len();
+    assert!(n > 10, "too few frames: {n}");
+    let mean = frames.iter().sum::<Duration>() / u32::try_from(n).unwrap();
+    eprintln!(
+        "{n} UI frames while 300 DFDC faces scored in {:?}: mean {:?}, median {:?}, 95th percentile {:?}, worst {:?}",
+        start.elapsed(),
+        mean,
+        frames[n / 2],
+        frames[n * 95 / 100],
+        frames[n - 1]
+    );
+}
