@@ -20,22 +20,14 @@ use super::jobs::Ctx;
 pub const ERRORS_KEPT: usize = 5;
 
 /// The folder under which the app caches scores: the user's cache folder
-/// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS,
-/// `%LOCALAPPDATA%` on Windows) + `sfam-studio/scores`, else the system's
-/// temporary folder + `sfam-studio-cache`. Inside it the engine keeps one
-/// folder per model, preprocessing version and detector settings.
+/// (the `dirs` crate: `$XDG_CACHE_HOME` or `~/.cache` on Linux,
+/// `~/Library/Caches` on macOS, `%LOCALAPPDATA%` on Windows) +
+/// `sfam-studio/scores`, else the system's temporary folder +
+/// `sfam-studio-cache`. Inside it the engine keeps one folder per model,
+/// preprocessing version and detector settings.
 #[must_use]
 pub fn default_cache_root() -> PathBuf {
-    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
-    let base = if cfg!(windows) {
-        absolute(std::env::var_os("LOCALAPPDATA"))
-    } else if cfg!(target_os = "macos") {
-        std::env::home_dir().map(|h| h.join("Library").join("Caches"))
-    } else {
-        absolute(std::env::var_os("XDG_CACHE_HOME"))
-            .or_else(|| std::env::home_dir().map(|h| h.join(".cache")))
-    };
-    base.filter(|p| p.is_absolute()).map_or_else(
+    dirs::cache_dir().filter(|p| p.is_absolute()).map_or_else(
         || std::env::temp_dir().join("sfam-studio-cache"),
         |b| b.join("sfam-studio").join("scores"),
     )
