@@ -687,6 +687,17 @@ impl super::Backbone for FaceResBackbone {
 mod tests {
     use super::*;
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// The CPU stem and candle's convolution agree, odd sizes included.
     #[test]
     fn stem_paths_agree() {
@@ -702,14 +713,7 @@ mod tests {
             let a = net.stem_cpu(&x).unwrap();
             let b = net.stem_tensor(&x).unwrap();
             assert_eq!(a.dims(), b.dims());
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(&a, &b);
             assert!(d < 1e-5, "{h}x{w}: {d}");
         }
     }
@@ -722,74 +726,41 @@ mod tests {
         assert_eq!(same_pads(14, 1, 1), (0, 0));
     }
 
-    /// The direct 32 → 64 loop and the matrix product agree.
-    #[test]
+    /// The pointwise CPU path (`C_in` → `C_out` on an `h × w` map) against
+    /// the plain product and the tensor epilogue.
     #[allow(clippy::many_single_char_names)]
-    fn direct_pointwise_matches_the_product() {
+    fn pointwise_error(c_in: usize, c_out: usize, h: usize, w: usize) -> f32 {
         let dev = Device::Cpu;
-        let weight = Tensor::randn(0f32, 1f32, (64, 32), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1f32, 64, &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1f32, (c_out, c_in), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1f32, c_out, &dev).unwrap();
         let pw = Pointwise {
             weight: weight.clone(),
             host_bias: bias.to_vec1().unwrap(),
             bias,
         };
-        let x = Tensor::randn(0f32, 1f32, (2, 5, 7, 32), &dev).unwrap();
+        let x = Tensor::randn(0f32, 3f32, (2, h, w, c_in), &dev).unwrap();
         let a = pw.forward(&x).unwrap();
         let y = x
-            .reshape((70, 32))
+            .reshape((2 * h * w, c_in))
             .unwrap()
             .matmul(&weight.t().unwrap())
             .unwrap();
         let b = pw
             .epilogue_tensor(&y)
             .unwrap()
-            .reshape((2, 5, 7, 64))
+            .reshape((2, h, w, c_out))
             .unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-4, "{d}");
+        max_diff(&a, &b)
     }
 
-    /// The pointwise CPU epilogue and the tensor one agree.
+    /// The general CPU path (product + one-pass epilogue) and the direct
+    /// 32 → 64 loop agree with the tensor version.
     #[test]
-    #[allow(clippy::many_single_char_names)]
     fn pointwise_paths_agree() {
-        let dev = Device::Cpu;
-        let weight = Tensor::randn(0f32, 1f32, (7, 6), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1f32, 7, &dev).unwrap();
-        let pw = Pointwise {
-            weight: weight.clone(),
-            host_bias: bias.to_vec1().unwrap(),
-            bias,
-        };
-        let x = Tensor::randn(0f32, 3f32, (2, 3, 5, 6), &dev).unwrap();
-        let a = pw.forward(&x).unwrap();
-        let y = x
-            .reshape((30, 6))
-            .unwrap()
-            .matmul(&weight.t().unwrap())
-            .unwrap();
-        let b = pw
-            .epilogue_tensor(&y)
-            .unwrap()
-            .reshape((2, 3, 5, 7))
-            .unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-6, "{d}");
+        let d = pointwise_error(6, 7, 3, 5);
+        assert!(d < 1e-6, "general: {d}");
+        let d = pointwise_error(32, 64, 5, 7);
+        assert!(d < 1e-4, "direct 32 -> 64: {d}");
     }
 
     /// The CPU kernel and the tensor version (other devices) agree, for
@@ -814,14 +785,7 @@ mod tests {
                 let a = dw.forward_cpu(&x).unwrap();
                 let b = dw.forward_tensor(&x).unwrap();
                 assert_eq!(a.dims(), &[2, h.div_ceil(stride), wd.div_ceil(stride), c]);
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = max_diff(&a, &b);
                 assert!(d < 1e-5, "stride {stride}, {h}x{wd}: {d}");
             }
         }
