@@ -457,18 +457,7 @@ impl FaceRes {
     /// [`ModelError::Input`] for a wrong rank, channel count or data type;
     /// [`ModelError::Candle`] when a tensor operation fails.
     pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-        let dims = pixels.dims();
-        if dims.len() != 4 || dims[1] != 3 || dims[2] == 0 || dims[3] == 0 {
-            return Err(ModelError::Input(format!(
-                "faceres expects pixels [B, 3, H, W], got {dims:?}"
-            )));
-        }
-        if pixels.dtype() != DType::F32 {
-            return Err(ModelError::Input(format!(
-                "faceres expects f32 pixels, got {:?}",
-                pixels.dtype()
-            )));
-        }
+        // Input checks: in `forward_prefix`.
         let (patch, pooled) = self.forward_nhwc(pixels)?;
         Ok((patch.permute((0, 3, 1, 2))?.contiguous()?, pooled))
     }
