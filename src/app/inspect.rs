@@ -390,16 +390,10 @@ fn score_faces(
     if faces.is_empty() {
         return Ok(Vec::new());
     }
-    let err = |e: &dyn std::fmt::Display| format!("the model failed ({e})");
-    let images: Vec<RgbImage> = aligned.iter().map(|a| a.image.clone()).collect();
-    let pixels = model.pixels(&images).map_err(|e| err(&e))?;
-    let masks = aligned
-        .iter()
-        .map(|a| model.region_masks(&a.landmarks_aligned))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(&e))?;
-    let masks = Tensor::stack(&masks, 0).map_err(|e| err(&e))?;
-    let outputs = model.forward(&pixels, &masks).map_err(|e| err(&e))?;
+    let refs: Vec<&AlignedFace> = aligned.iter().collect();
+    let outputs = model
+        .inspect_faces(&refs)
+        .map_err(|e| format!("the model failed ({e})"))?;
     Ok(faces
         .into_iter()
         .zip(aligned)

@@ -266,11 +266,14 @@ impl SfamModel {
     ///
     /// # Errors
     /// A tensor error.
-    pub fn pixels(&self, faces: &[RgbImage]) -> Result<Tensor, ModelError> {
+    pub fn pixels<'a>(
+        &self,
+        faces: impl IntoIterator<Item = &'a RgbImage>,
+    ) -> Result<Tensor, ModelError> {
         let s = self.backbone.input_size();
         let (mean, std) = self.backbone.normalization();
         let px: Vec<Vec<f32>> = faces
-            .iter()
+            .into_iter()
             .map(|f| preprocess_clip(f, s, mean, std))
             .collect();
         Ok(to_tensor(&px, s, &self.device)?)
@@ -311,8 +314,7 @@ impl SfamModel {
         if faces.is_empty() {
             return Ok(Vec::new());
         }
-        let images: Vec<RgbImage> = faces.iter().map(|f| f.image.clone()).collect();
-        let pixels = self.pixels(&images)?;
+        let pixels = self.pixels(faces.iter().map(|f| &f.image))?;
         let masks = faces
             .iter()
             .map(|f| self.region_masks(&f.landmarks_aligned))
