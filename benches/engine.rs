@@ -290,6 +290,8 @@ fn report() {
 criterion_group!(benches, bench);
 
 fn main() {
+    // As the `sfam` binary does.
+    sfam_studio::model::device::tune_host_allocator();
     if std::env::var_os("SFAM_BENCH_REPORT").is_some() {
         report();
         return;

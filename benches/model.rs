@@ -15,7 +15,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group};
 use sfam_studio::model::clip::{ClipModel, Towers};
-use sfam_studio::model::{ClipConfig, HeadConfig, SfamHead, SfamModel, Weights};
+use sfam_studio::model::{ClipConfig, HeadConfig, Precision, SfamHead, SfamModel, Weights};
 
 /// The bench's head: the hyper-parameters of docs/MODEL.md's default.
 fn head_config(dim: usize) -> HeadConfig {
@@ -39,33 +39,53 @@ fn head_config(dim: usize) -> HeadConfig {
     }
 }
 
-fn model(device: &Device) -> SfamModel {
+fn model(device: &Device, precision: Precision) -> SfamModel {
     let cfg = ClipConfig::vit_base_patch16();
     let w = Weights::random(DType::F32, device);
     let clip = ClipModel::from_weights(&cfg, &w, Towers::Vision).unwrap();
     let hw = Weights::random(DType::F32, device);
     let head = SfamHead::from_weights(head_config(cfg.projection_dim), &hw).unwrap();
-    SfamModel::new(Box::new(clip.into_vision().unwrap()), head, device).unwrap()
+    let mut m = SfamModel::new(Box::new(clip.into_vision().unwrap()), head, device).unwrap();
+    m.set_precision(precision).unwrap();
+    m
+}
+
+/// float32, and bf16 products where this CPU has them (only one of them
+/// with `SFAM_BENCH_PRECISION=f32|bf16`, e.g. to profile it).
+fn precisions() -> Vec<Precision> {
+    if let Some(p) = std::env::var("SFAM_BENCH_PRECISION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return vec![p];
+    }
+    if sfam_studio::model::bf16::supported() {
+        vec![Precision::F32, Precision::Bf16]
+    } else {
+        vec![Precision::F32]
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let device = Device::Cpu;
-    let model = model(&device);
-    let masks = model.template_masks().unwrap();
-    let mut group = c.benchmark_group("sfam_b16_cpu");
-    group.sample_size(10);
-    for batch in [1_usize, 8] {
-        let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(format!("batch{batch}"), |b| {
-            b.iter(|| {
-                let out = model.forward(black_box(&px), &masks).unwrap();
-                // The outputs are read back to the host: the device is synchronised.
-                black_box(out)
+    for precision in precisions() {
+        let model = model(&device, precision);
+        let masks = model.template_masks().unwrap();
+        let mut group = c.benchmark_group(format!("sfam_b16_cpu_{precision}"));
+        group.sample_size(10);
+        for batch in [1_usize, 8] {
+            let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(format!("batch{batch}"), |b| {
+                b.iter(|| {
+                    let out = model.forward(black_box(&px), &masks).unwrap();
+                    // The outputs are read back to the host: the device is synchronised.
+                    black_box(out)
+                });
             });
-        });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 /// Process CPU time (user + system) in seconds, from `/proc/self/stat` (Linux).
@@ -80,27 +100,52 @@ fn cpu_seconds() -> Option<f64> {
 
 fn repeat_mode(n: usize) {
     let device = Device::Cpu;
-    let model = model(&device);
+    let mut scores = Vec::new();
+    // One model (random weights) switched between precisions, one input.
+    let mut model = model(&device, Precision::F32);
     let masks = model.template_masks().unwrap();
-    for batch in [1_usize, 8] {
-        let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
-        black_box(model.forward(&px, &masks).unwrap());
-        let mut walls = Vec::with_capacity(n);
-        let cpu0 = cpu_seconds().unwrap_or(0.0);
-        for _ in 0..n {
-            let t = std::time::Instant::now();
-            black_box(model.forward(black_box(&px), &masks).unwrap());
-            walls.push(t.elapsed().as_secs_f64());
+    let check = Tensor::randn(0.0_f32, 1.0, (8, 3, 224, 224), &device).unwrap();
+    for precision in precisions() {
+        model.set_precision(precision).unwrap();
+        for batch in [1_usize, 8] {
+            let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
+            black_box(model.forward(&px, &masks).unwrap());
+            let mut walls = Vec::with_capacity(n);
+            let cpu0 = cpu_seconds().unwrap_or(0.0);
+            for _ in 0..n {
+                let t = std::time::Instant::now();
+                black_box(model.forward(black_box(&px), &masks).unwrap());
+                walls.push(t.elapsed().as_secs_f64());
+            }
+            let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+            walls.sort_by(f64::total_cmp);
+            let median = walls[walls.len() / 2];
+            #[allow(clippy::cast_precision_loss)]
+            let (faces, runs) = (batch as f64, n as f64);
+            println!(
+                "{{\"impl\": \"candle\", \"precision\": \"{precision}\", \"batch\": {batch}, \"runs\": {n}, \"median_s\": {median:.4}, \"faces_per_s\": {:.3}, \"cpu_s_per_face\": {:.4}}}",
+                faces / median,
+                cpu / (runs * faces)
+            );
         }
-        let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
-        walls.sort_by(f64::total_cmp);
-        let median = walls[walls.len() / 2];
-        #[allow(clippy::cast_precision_loss)]
-        let (faces, runs) = (batch as f64, n as f64);
+        scores.push(
+            model
+                .forward(&check, &masks)
+                .unwrap()
+                .iter()
+                .map(|f| f.score)
+                .collect::<Vec<f32>>(),
+        );
+    }
+    if let [a, b] = scores.as_slice() {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0_f32, f32::max);
         println!(
-            "{{\"impl\": \"candle\", \"batch\": {batch}, \"runs\": {n}, \"median_s\": {median:.4}, \"faces_per_s\": {:.3}, \"cpu_s_per_face\": {:.4}}}",
-            faces / median,
-            cpu / (runs * faces)
+            "{{\"max_score_change_bf16_vs_f32\": {d:.5}, \"faces\": {}}}",
+            a.len()
         );
     }
 }
@@ -108,6 +153,8 @@ fn repeat_mode(n: usize) {
 criterion_group!(benches, bench);
 
 fn main() {
+    // As the `sfam` binary does.
+    sfam_studio::model::device::tune_host_allocator();
     if let Some(n) = std::env::var("SFAM_BENCH_REPEAT")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -7,5 +7,6 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    sfam_studio::model::device::tune_host_allocator();
     cli::main()
 }

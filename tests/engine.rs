@@ -106,8 +106,11 @@ fn scores_match_the_model_on_the_aligned_face() {
     assert!(report.progress.model_secs > 0.0);
     assert!(report.progress.model_busy() > 0.0 && report.progress.model_busy() <= 1.0);
 
-    // The same faces through the face pipeline and the model, one by one.
-    let model = SfamModel::load(&model_dir(), &candle_core::Device::Cpu).unwrap();
+    // The same faces through the face pipeline and the model, one by one,
+    // in the precision the engine chose (bf16 products where the CPU has
+    // them: `EngineOptions::default()` asks for auto).
+    let mut model = SfamModel::load(&model_dir(), &candle_core::Device::Cpu).unwrap();
+    model.set_precision(engine.model().precision()).unwrap();
     let detector = FaceDetector::load_default().unwrap();
     for (item, record) in items.iter().zip(&report.records) {
         assert_eq!(record.path, item.path.display().to_string());

@@ -357,3 +357,53 @@ fn truncated_or_mismatched_files_are_errors() {
         .to_string();
     assert!(e.contains("config.json") && e.contains("patch_size"), "{e}");
 }
+
+/// The bf16 matrix products (AVX-512 BF16) move the towers' outputs and the
+/// score only slightly; on a CPU without them the model stays in float32.
+#[test]
+fn bf16_products_stay_close_to_float32() {
+    use sfam_studio::model::Precision;
+    let on = sfam_studio::model::bf16::supported();
+    for name in MODELS {
+        let r = refs(name);
+        let clip = ClipModel::load(&fixtures().join(name), Towers::Vision, &Device::Cpu).unwrap();
+        let mut vision = clip.into_vision().unwrap();
+        let used = vision.set_bf16(true).unwrap();
+        assert_eq!(used == Precision::Bf16, on);
+        let out = vision.forward(&r["pixel_values"]).unwrap();
+        let cos = (l2_normalize(&out.image_embeds).unwrap()
+            * l2_normalize(&r["image_embeds"]).unwrap())
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .min(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        let d = max_diff(&out.patch_embeds, &r["patch_embeds"]);
+        println!("{name} bf16: image cosine {cos:.6}, patch max |Δ| {d:.2e}");
+        assert!(cos > 0.999, "{name}: cosine {cos}");
+        if on {
+            // Really another computation, not the float32 one.
+            assert!(d > 1e-6, "{name}: bf16 changed nothing");
+        }
+        vision.set_bf16(false).unwrap();
+        let back = vision.forward(&r["pixel_values"]).unwrap();
+        assert_close(
+            &format!("{name} back to f32"),
+            &back.patch_embeds,
+            &r["patch_embeds"],
+            TOL,
+        );
+    }
+    let hr = refs("sfam_head");
+    let mut model = SfamModel::load(&fixtures().join("tiny_l14"), &Device::Cpu).unwrap();
+    assert_eq!(model.precision(), Precision::F32);
+    model.set_precision(Precision::Bf16).unwrap();
+    let px = refs("tiny_l14")["pixel_values"].clone();
+    let faces = model.forward(&px, &hr["masks"]).unwrap();
+    let want = hr["score"].to_vec1::<f32>().unwrap();
+    for (f, w) in faces.iter().zip(want) {
+        assert!((f.score - w).abs() <= 0.01, "score {} vs {w}", f.score);
+    }
+}

@@ -22,7 +22,7 @@ use sfam_studio::data::is_image_path;
 use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
 use sfam_studio::model::clip::{ClipModel, Towers};
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
-use sfam_studio::model::{ClipTokenizer, SfamModel, SfamOutput};
+use sfam_studio::model::{ClipTokenizer, Precision, SfamModel, SfamOutput};
 
 use super::jobs::{Ctx, Job};
 use super::overlay;
@@ -128,7 +128,12 @@ impl LoadedModel {
         ctx.progress(0.05, "face detector");
         let detector = FaceDetector::load_default().map_err(|e| e.to_string())?;
         ctx.progress(0.2, format!("model {}", dir.display()));
-        let model = SfamModel::load(dir, &Device::Cpu)
+        let mut model = SfamModel::load(dir, &Device::Cpu)
+            .map_err(|e| format!("cannot load the model folder: {e}"))?;
+        // bf16 products for a CLIP backbone where the CPU has them (as
+        // `sfam score` and `sfam inspect` do by default).
+        model
+            .set_precision(Precision::Auto)
             .map_err(|e| format!("cannot load the model folder: {e}"))?;
         // The region masks come from the face pipeline's nine regions: a
         // head with other regions cannot be inspected here.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sfam_studio::data::image::load_rgb;
 use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
-use sfam_studio::model::{DeviceSpec, SfamModel, SfamOutput};
+use sfam_studio::model::{DeviceSpec, Precision, SfamModel, SfamOutput};
 
 use super::emit;
 
@@ -37,6 +37,11 @@ pub struct Args {
     /// Compute device: cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceSpec))]
     pub device: DeviceSpec,
+    /// Precision of a CLIP backbone's matrix products: auto (bf16 where the
+    /// CPU has AVX-512 BF16), f32, or bf16 (bf16 inputs, float32 sums; the
+    /// faceres backbone always runs in float32).
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(Precision))]
+    pub precision: Precision,
     /// Write the output to this file (atomically) instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -67,7 +72,8 @@ struct Face<'a> {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let device = args.device.open()?;
     let dir = super::score::model_dir(args.model.as_deref())?;
-    let model = SfamModel::load(&dir, &device)?;
+    let mut model = SfamModel::load(&dir, &device)?;
+    model.set_precision(args.precision)?;
     let detector = FaceDetector::load_default()?;
     let mut faces = Vec::with_capacity(args.images.len());
     let mut errors = Vec::new();

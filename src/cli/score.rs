@@ -17,8 +17,8 @@ use sfam_studio::data::scores::{ScoreFormat, write_scores};
 use sfam_studio::engine::{
     CACHE_SUFFIX, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress, Report, Source,
 };
-use sfam_studio::model::DeviceSpec;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
+use sfam_studio::model::{DeviceSpec, Precision};
 
 use super::embed::resolve_model;
 
@@ -44,6 +44,11 @@ pub struct Args {
     /// are always detected on the CPU).
     #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceSpec))]
     pub device: DeviceSpec,
+    /// Precision of a CLIP backbone's matrix products: auto (bf16 where the
+    /// CPU has AVX-512 BF16), f32, or bf16 (bf16 inputs, float32 sums; the
+    /// faceres backbone always runs in float32).
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(Precision))]
+    pub precision: Precision,
     /// Faces per model call.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub batch: u16,
@@ -295,6 +300,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         batch_size: usize::from(args.batch),
         max_faces: usize::from(args.max_faces),
         workers: args.workers.unwrap_or(0),
+        precision: args.precision,
     };
     let engine = Engine::load(&dir, &device, options)?;
     let cache = if args.no_cache {
@@ -307,13 +313,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Some(engine.open_cache(&root)?)
     };
     eprintln!(
-        "scoring {} images of {} dataset(s) with {} (batch {}, {} workers, device {}){}",
+        "scoring {} images of {} dataset(s) with {} (batch {}, {} workers, device {}, {}){}",
         items.len(),
         datasets,
         dir.display(),
         options.batch_size,
         engine.workers(),
         args.device,
+        engine.model().precision(),
         cache
             .as_ref()
             .map(|c| format!(", cache {}", c.dir().display()))

@@ -125,6 +125,18 @@ impl ModelId {
         Self(hasher.finalize().to_hex().to_string())
     }
 
+    /// The id of the same model run differently (e.g. `bf16` products):
+    /// BLAKE3 of this id and `variant`.
+    #[must_use]
+    pub fn variant(&self, variant: &str) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"model variant\0");
+        hasher.update(self.0.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(variant.as_bytes());
+        Self(hasher.finalize().to_hex().to_string())
+    }
+
     /// The 64 hex digits.
     #[must_use]
     pub fn as_str(&self) -> &str {

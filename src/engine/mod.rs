@@ -97,6 +97,9 @@ pub struct EngineOptions {
     pub max_faces: usize,
     /// Worker threads that read, decode and detect; 0 = one per CPU.
     pub workers: usize,
+    /// Precision of the backbone's matrix products ([`Engine::load`]
+    /// applies it; a model given to [`Engine::new`] keeps its own).
+    pub precision: crate::model::Precision,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +108,7 @@ impl Default for EngineOptions {
             batch_size: 8,
             max_faces: 1,
             workers: 0,
+            precision: crate::model::Precision::Auto,
         }
     }
 }

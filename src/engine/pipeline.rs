@@ -21,7 +21,7 @@ use super::{
 use crate::data::image::{decode_rgb, read_image_bytes};
 use crate::data::scores::ScoreRecord;
 use crate::face::{Face, FaceDetector, ImageFacesError};
-use crate::model::SfamModel;
+use crate::model::{Precision, SfamModel};
 
 /// At most this many cache write failures are kept in words.
 const MAX_CACHE_ERRORS_KEPT: usize = 10;
@@ -110,6 +110,11 @@ impl Engine {
         }
         // Region masks from landmarks need the pipeline's nine regions.
         model.template_masks()?;
+        // bf16 scores differ slightly from float32 ones: their own cache.
+        let model_id = match model.precision() {
+            Precision::Bf16 => model_id.variant("bf16"),
+            _ => model_id,
+        };
         let workers = if options.workers == 0 {
             thread::available_parallelism().map_or(1, std::num::NonZero::get)
         } else {
@@ -136,7 +141,8 @@ impl Engine {
     /// As [`ModelId::of_dir`], [`SfamModel::load`] and [`Engine::new`].
     pub fn load(dir: &Path, device: &Device, options: EngineOptions) -> Result<Self, EngineError> {
         let model_id = ModelId::of_dir(dir)?;
-        let model = SfamModel::load(dir, device)?;
+        let mut model = SfamModel::load(dir, device)?;
+        model.set_precision(options.precision)?;
         let detector = FaceDetector::load_default()?;
         Self::new(Arc::new(model), model_id, detector, options)
     }

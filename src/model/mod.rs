@@ -21,6 +21,7 @@
 //! - [`device`]: `--device cpu|cuda[:N]|metal`;
 //! - `hub` (feature `hub`): downloading a model folder from the Hugging Face hub.
 
+pub mod bf16;
 pub mod clip;
 pub mod config;
 pub mod device;
@@ -67,11 +68,75 @@ pub trait Backbone: Send + Sync {
     fn normalization(&self) -> ([f32; 3], [f32; 3]) {
         (CLIP_MEAN, CLIP_STD)
     }
+    /// Chooses the precision of the matrix products; returns the one in
+    /// use (a backbone without a bf16 path stays in float32).
+    ///
+    /// # Errors
+    /// [`ModelError`] if the weights cannot be repacked.
+    fn set_precision(&mut self, precision: Precision) -> Result<Precision, ModelError> {
+        let _ = precision;
+        Ok(Precision::F32)
+    }
     /// Encodes normalised pixels `[B, 3, S, S]`.
     ///
     /// # Errors
     /// A tensor error (wrong shape, device failure).
     fn encode(&self, pixels: &candle_core::Tensor) -> candle_core::Result<BackboneOutput>;
+}
+
+/// Precision of a backbone's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// bf16 where the CPU has AVX-512 BF16 and the backbone a bf16 path,
+    /// else float32.
+    #[default]
+    Auto,
+    /// float32 throughout.
+    F32,
+    /// bf16 inputs, float32 accumulation (falls back to float32 where not
+    /// supported).
+    Bf16,
+}
+
+impl Precision {
+    /// `Auto` made concrete for this CPU.
+    #[must_use]
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if bf16::supported() => Self::Bf16,
+            Self::Auto => Self::F32,
+            other => other,
+        }
+    }
+
+    /// Lower-case name (`auto`, `f32`, `bf16`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision {other:?}: auto, f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Why a model could not be loaded or run. Every variant that concerns a

@@ -20,6 +20,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 pub use text::ClipTextTransformer;
 pub use vision::{ClipVisionTransformer, ImageEmbeddings};
 
+use super::bf16::PackedLinear;
 use super::config::{Activation, ClipConfig};
 use super::weights::{Weights, WeightsView};
 use super::{BackboneOutput, ModelError};
@@ -40,12 +41,90 @@ pub enum Towers {
     Text,
 }
 
+/// A linear layer that can switch to the bf16 kernel of [`super::bf16`]
+/// (CPU, float32 activations); otherwise candle's float32 product.
+#[derive(Debug, Clone)]
+struct Lin {
+    linear: candle_nn::Linear,
+    packed: Option<std::sync::Arc<PackedLinear>>,
+}
+
+impl Lin {
+    fn new(linear: candle_nn::Linear) -> Self {
+        Self {
+            linear,
+            packed: None,
+        }
+    }
+
+    /// Packs the weights for the bf16 kernel (`true`), or drops the packed
+    /// copy (`false`).
+    fn set_bf16(&mut self, on: bool) -> Result<(), ModelError> {
+        if !on {
+            self.packed = None;
+            return Ok(());
+        }
+        let w = self.linear.weight();
+        let (n, k) = w.dims2()?;
+        let flat = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match self.linear.bias() {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let packed = PackedLinear::new(&flat, n, k, bias.as_deref()).map_err(ModelError::Input)?;
+        self.packed = Some(std::sync::Arc::new(packed));
+        Ok(())
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.packed {
+            Some(p) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.apply_op1_no_bwd(&Bf16Linear(p))
+            }
+            _ => self.linear.forward(x),
+        }
+    }
+}
+
+/// [`PackedLinear`] as a candle operation on the last dimension.
+struct Bf16Linear<'a>(&'a PackedLinear);
+
+impl candle_core::CustomOp1 for Bf16Linear<'_> {
+    fn name(&self) -> &'static str {
+        "bf16-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bf16-linear needs a contiguous input");
+        };
+        let dims = layout.dims();
+        if dims.last() != Some(&self.0.in_features()) {
+            candle_core::bail!(
+                "bf16-linear: input {dims:?}, weight takes {}",
+                self.0.in_features()
+            );
+        }
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let out = self.0.forward(x).map_err(candle_core::Error::msg)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.0.out_features();
+        }
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
+}
+
 /// Self-attention with the three input projections fused into one matrix
 /// product (the file's `q_proj`, `k_proj`, `v_proj` are concatenated at load).
 #[derive(Debug, Clone)]
 struct Attention {
-    qkv: candle_nn::Linear,
-    out_proj: candle_nn::Linear,
+    qkv: Lin,
+    out_proj: Lin,
     heads: usize,
     head_dim: usize,
 }
@@ -72,8 +151,8 @@ impl Attention {
         }
         let qkv = candle_nn::Linear::new(Tensor::cat(&ws, 0)?, Some(Tensor::cat(&bs, 0)?));
         Ok(Self {
-            qkv,
-            out_proj: vb.pp("out_proj").linear(dim, dim)?,
+            qkv: Lin::new(qkv),
+            out_proj: Lin::new(vb.pp("out_proj").linear(dim, dim)?),
             heads,
             head_dim,
         })
@@ -104,11 +183,11 @@ impl Attention {
 #[derive(Debug, Clone)]
 struct Mlp {
     /// `fc1` without its bias: the bias is added by [`BiasQuickGelu`] on the CPU.
-    fc1: candle_nn::Linear,
+    fc1: Lin,
     fc1_bias: Tensor,
     /// `fc1`'s bias on the host, for the fused CPU kernel.
     fc1_bias_host: Vec<f32>,
-    fc2: candle_nn::Linear,
+    fc2: Lin,
     act: Activation,
 }
 
@@ -117,10 +196,10 @@ impl Mlp {
         let w = vb.pp("fc1").get("weight", &[d.mlp, d.dim])?;
         let fc1_bias = vb.pp("fc1").get("bias", &[d.mlp])?;
         Ok(Self {
-            fc1: candle_nn::Linear::new(w, None),
+            fc1: Lin::new(candle_nn::Linear::new(w, None)),
             fc1_bias_host: fc1_bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             fc1_bias,
-            fc2: vb.pp("fc2").linear(d.mlp, d.dim)?,
+            fc2: Lin::new(vb.pp("fc2").linear(d.mlp, d.dim)?),
             act: d.act,
         })
     }
@@ -223,6 +302,17 @@ impl Encoder {
             });
         }
         Ok(Self { layers })
+    }
+
+    /// Switches every layer's matrix products to bf16 (or back).
+    fn set_bf16(&mut self, on: bool) -> Result<(), ModelError> {
+        for l in &mut self.layers {
+            l.self_attn.qkv.set_bf16(on)?;
+            l.self_attn.out_proj.set_bf16(on)?;
+            l.mlp.fc1.set_bf16(on)?;
+            l.mlp.fc2.set_bf16(on)?;
+        }
+        Ok(())
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -351,6 +441,13 @@ impl super::Backbone for ClipVisionTransformer {
 
     fn dim(&self) -> usize {
         self.projection_dim()
+    }
+
+    fn set_precision(
+        &mut self,
+        precision: super::Precision,
+    ) -> Result<super::Precision, ModelError> {
+        self.set_bf16(precision.resolve() == super::Precision::Bf16)
     }
 
     fn encode(&self, pixels: &Tensor) -> candle_core::Result<BackboneOutput> {

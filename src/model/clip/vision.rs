@@ -77,6 +77,22 @@ impl ClipVisionTransformer {
         })
     }
 
+    /// Runs the encoder's matrix products with bf16 inputs and float32
+    /// accumulation (`on`, where [`super::super::bf16::supported`]), or in
+    /// float32. Returns the precision now in use.
+    ///
+    /// # Errors
+    /// [`ModelError`] if a weight cannot be read back for packing.
+    pub fn set_bf16(&mut self, on: bool) -> Result<super::super::Precision, ModelError> {
+        let on = on && super::super::bf16::supported() && self.patch_weight.device().is_cpu();
+        self.encoder.set_bf16(on)?;
+        Ok(if on {
+            super::super::Precision::Bf16
+        } else {
+            super::super::Precision::F32
+        })
+    }
+
     /// The tower's configuration.
     #[must_use]
     pub fn config(&self) -> &ClipVisionConfig {
