@@ -126,7 +126,7 @@ fn clip_backbone_trains_end_to_end() {
     }
     let log = std::fs::read_to_string(out.path().join("train_log.csv")).unwrap();
     assert_eq!(log.lines().count(), 7, "{log}");
-    assert!(log.starts_with("epoch,seconds,loss,bce,align,balance,val_auc_ciplab"));
+    assert!(log.starts_with("epoch,stage,seconds,loss,bce,align,balance,val_auc_ciplab"));
     reload_and_rescore(&summary.best_dir);
 }
 
@@ -250,7 +250,7 @@ fn cli_trains_and_reports() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("epoch 1 done"), "{err}");
+    assert!(err.contains("epoch 1 (finetune) done"), "{err}");
     assert!(out.path().join("best/sfam_head.json").is_file());
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
         .args(["train", "--data", "/nonexistent/data", "--out"])
@@ -259,4 +259,70 @@ fn cli_trains_and_reports() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/data"));
+}
+
+/// Probe epochs fit the head on cached features and leave the backbone as
+/// it was; fine-tuning epochs then continue from that head (here as a
+/// resumed run with more epochs) and move the trained blocks.
+#[test]
+fn probe_stage_then_finetuning() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let weights = root().join("models/faceres/faceres.safetensors");
+    let mut o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::FaceRes {
+            weights: weights.clone(),
+            train_blocks: 1,
+        },
+    );
+    o.augment = AugmentOptions::default();
+    o.probe_epochs = 2;
+    o.probe_views = 2;
+    o.epochs = 0;
+    let (summary, messages) = run(&o);
+    let summary = summary.unwrap();
+    assert!(
+        messages.iter().any(|m| m.contains("feature sets cached")),
+        "{messages:?}"
+    );
+    let stages: Vec<&str> = summary.log.iter().map(|l| l.stage.as_str()).collect();
+    assert_eq!(stages, ["probe", "probe"]);
+    reload_and_rescore(&summary.best_dir);
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a.to_dtype(candle_core::DType::F32).unwrap() - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let original = load(&weights);
+    let probed = load(&out.path().join("checkpoint/faceres.safetensors"));
+    assert_eq!(diff(&original["pw13.weight"], &probed["pw13.weight"]), 0.0);
+    let head_probed = load(&out.path().join("checkpoint/sfam_head.safetensors"));
+
+    o.epochs = 1;
+    let (summary, messages) = run(&o);
+    let summary = summary.unwrap();
+    assert!(messages.iter().any(|m| m.contains("resumed after epoch 2")));
+    assert!(!messages.iter().any(|m| m.contains("feature sets cached")));
+    let stages: Vec<&str> = summary.log.iter().map(|l| l.stage.as_str()).collect();
+    assert_eq!(stages, ["probe", "probe", "finetune"]);
+    let tuned = load(&out.path().join("checkpoint/faceres.safetensors"));
+    assert!(diff(&original["pw13.weight"], &tuned["pw13.weight"]) > 0.0);
+    assert_eq!(diff(&original["pw12.weight"], &tuned["pw12.weight"]), 0.0);
+    let head_tuned = load(&out.path().join("checkpoint/sfam_head.safetensors"));
+    assert!(
+        diff(
+            &head_probed["head.global.fc.weight"],
+            &head_tuned["head.global.fc.weight"]
+        ) > 0.0
+    );
+    let log = std::fs::read_to_string(out.path().join("train_log.csv")).unwrap();
+    assert!(log.contains("\n3,finetune,"), "{log}");
 }

@@ -512,6 +512,20 @@ impl FaceRes {
         }
         Ok(x)
     }
+
+    /// Continues a channels-last map `x` (the output of block `from`, or of
+    /// the stem for 0) through blocks `from..to`.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] when a tensor operation fails (a map of the
+    /// wrong shape for block `from`).
+    pub fn forward_blocks(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor, ModelError> {
+        let mut x = x.clone();
+        for (dw, pw) in self.blocks.iter().take(to).skip(from) {
+            x = pw.forward(&dw.forward(&x)?)?;
+        }
+        Ok(x)
+    }
 }
 
 impl FaceRes {

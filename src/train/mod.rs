@@ -37,7 +37,7 @@ use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput};
 use crate::model::preprocess::preprocess_clip;
 use augment::{AugmentOptions, BlendKind, augment, mask_to_grid, mirror_landmarks, self_blend};
 use data::{PreparedFace, RegionCode, Sample, Split};
-pub use net::{BackboneChoice, TrainNet};
+pub use net::{BackboneChoice, Features, TrainNet};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,16 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// The backbone.
     pub backbone: BackboneChoice,
-    /// Epochs.
+    /// Epochs of the head alone on cached features of the pretrained
+    /// backbone, before `epochs` of fine-tuning (linear probing, then
+    /// fine-tuning: the new head is fitted before it can push gradients
+    /// into the pretrained blocks).
+    pub probe_epochs: usize,
+    /// Versions of each training face whose features the probe stage
+    /// caches: the face as it is, then `probe_views - 1` augmented ones
+    /// (and as many self-blended fakes per real face, at least one).
+    pub probe_views: usize,
+    /// Epochs of fine-tuning (fresh augmentation every epoch).
     pub epochs: usize,
     /// Faces per step.
     pub batch: usize,
@@ -141,6 +150,8 @@ impl TrainOptions {
             data,
             out,
             backbone,
+            probe_epochs: 0,
+            probe_views: 2,
             epochs: 8,
             batch: 32,
             samples_per_epoch: 3072,
@@ -180,8 +191,11 @@ impl TrainOptions {
 /// One row of `train_log.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
-    /// 1-based epoch.
+    /// 1-based epoch (probe epochs first).
     pub epoch: usize,
+    /// `probe` (head on cached features) or `finetune`.
+    #[serde(default)]
+    pub stage: String,
     /// Wall time of the epoch, seconds (training and validation).
     pub seconds: f64,
     /// Mean total loss over the epoch's steps.
@@ -251,8 +265,10 @@ struct State {
 
 fn fingerprint(o: &TrainOptions) -> String {
     format!(
-        "{:?}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|aug={:?}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|aug={:?}",
         o.backbone,
+        o.probe_epochs,
+        o.probe_views,
         o.dim,
         o.experts,
         o.seed,
@@ -333,14 +349,19 @@ fn draw_epoch(train: &[usize], samples: &[Sample], opts: &TrainOptions, epoch: u
     out
 }
 
-/// One face ready for the network.
-struct Item {
-    pixels: Vec<f32>,
+/// What a face contributes to the losses, besides its pixels.
+struct Meta {
     masks: Vec<f32>,
     label: f32,
     /// Per-patch prompt index, [`IGNORE`] for none; `None`: no patch
     /// targets (a fake without a mask: multiple-instance loss).
     targets: Option<Vec<u8>>,
+}
+
+/// One face ready for the network.
+struct Item {
+    pixels: Vec<f32>,
+    meta: Meta,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -427,14 +448,16 @@ fn make_item(
         .collect();
     Item {
         pixels: preprocess_clip(&img, input, norm.0, norm.1),
-        masks,
-        label,
-        targets,
+        meta: Meta {
+            masks,
+            label,
+            targets,
+        },
     }
 }
 
-struct Batch {
-    pixels: Tensor,
+/// The targets of a batch.
+struct Targets {
     masks: Tensor,
     labels: Tensor,
     onehot: Tensor,
@@ -443,27 +466,31 @@ struct Batch {
     mil: Tensor,
 }
 
-fn stack(
-    items: &[Item],
-    input: usize,
-    regions: usize,
-    prompts: usize,
-    dev: &Device,
-) -> candle_core::Result<Batch> {
-    let b = items.len();
-    let n = items.first().map_or(0, |i| i.masks.len() / regions.max(1));
+/// The pixels of a batch, `[B, 3, input, input]`.
+fn stack_pixels(items: &[Item], input: usize, dev: &Device) -> candle_core::Result<Tensor> {
     let pixels: Vec<f32> = items
         .iter()
         .flat_map(|i| i.pixels.iter().copied())
         .collect();
-    let masks: Vec<f32> = items.iter().flat_map(|i| i.masks.iter().copied()).collect();
-    let labels: Vec<f32> = items.iter().map(|i| i.label).collect();
+    Tensor::from_vec(pixels, (items.len(), 3, input, input), dev)
+}
+
+fn stack_targets(
+    metas: &[&Meta],
+    regions: usize,
+    prompts: usize,
+    dev: &Device,
+) -> candle_core::Result<Targets> {
+    let b = metas.len();
+    let n = metas.first().map_or(0, |m| m.masks.len() / regions.max(1));
+    let masks: Vec<f32> = metas.iter().flat_map(|m| m.masks.iter().copied()).collect();
+    let labels: Vec<f32> = metas.iter().map(|m| m.label).collect();
     let mut onehot = vec![0f32; b * n * prompts];
     let mut weights = vec![0f32; b * n];
     let mut supervised = vec![0f32; b];
     let mut mil = vec![0f32; b];
-    for (k, item) in items.iter().enumerate() {
-        match &item.targets {
+    for (k, meta) in metas.iter().enumerate() {
+        match &meta.targets {
             Some(t) => {
                 supervised[k] = 1.0;
                 for (i, &p) in t.iter().enumerate() {
@@ -476,8 +503,7 @@ fn stack(
             None => mil[k] = 1.0,
         }
     }
-    Ok(Batch {
-        pixels: Tensor::from_vec(pixels, (b, 3, input, input), dev)?,
+    Ok(Targets {
         masks: Tensor::from_vec(masks, (b, regions, n), dev)?,
         labels: Tensor::from_vec(labels, b, dev)?,
         onehot: Tensor::from_vec(onehot, (b, n, prompts), dev)?,
@@ -488,7 +514,7 @@ fn stack(
 }
 
 /// The three losses of a batch: (cross-entropy, alignment, load balance).
-fn losses(out: &HeadOutput, batch: &Batch) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+fn losses(out: &HeadOutput, batch: &Targets) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     // Stable binary cross-entropy with logits.
     let x = &out.logit;
     let bce = (x.relu()? - (x * &batch.labels)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?
@@ -589,27 +615,27 @@ fn validate(
         if items.is_empty() {
             continue;
         }
-        let b = stack(
-            &items,
-            input,
-            c.regions.len(),
-            c.prompts.len(),
-            net.device(),
-        )?;
-        let out = net.forward(&b.pixels, &b.masks)?;
+        let pixels = stack_pixels(&items, input, net.device())?;
+        let metas: Vec<&Meta> = items.iter().map(|i| &i.meta).collect();
+        let t = stack_targets(&metas, c.regions.len(), c.prompts.len(), net.device())?;
+        let out = net.forward(&pixels, &t.masks)?;
         let scores = out.score.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let used = chunk.iter().filter(|&&i| faces[i].is_some());
         for (&i, s) in used.zip(scores) {
-            records.push(ScoreRecord {
-                path: samples[i].path.display().to_string(),
-                dataset: samples[i].dataset.clone(),
-                label: samples[i].label,
-                score: f64::from(s),
-                video: None,
-            });
+            records.push(record(&samples[i], s));
         }
     }
     Ok(records)
+}
+
+fn record(sample: &Sample, score: f32) -> ScoreRecord {
+    ScoreRecord {
+        path: sample.path.display().to_string(),
+        dataset: sample.dataset.clone(),
+        label: sample.label,
+        score: f64::from(score),
+        video: None,
+    }
 }
 
 fn write_split(path: &Path, samples: &[Sample]) -> Result<(), TrainError> {
@@ -647,7 +673,7 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
         .map(|l| l.val_auc.iter().map(|(n, _)| n.clone()).collect())
         .unwrap_or_default();
     crate::data::atomic::write_atomic(path, |w| {
-        write!(w, "epoch,seconds,loss,bce,align,balance")?;
+        write!(w, "epoch,stage,seconds,loss,bce,align,balance")?;
         for n in &names {
             write!(w, ",val_auc_{n}")?;
         }
@@ -656,8 +682,8 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
         for l in log {
             write!(
                 w,
-                "{},{:.1},{:.4},{:.4},{:.4},{:.4}",
-                l.epoch, l.seconds, l.loss, l.bce, l.align, l.balance
+                "{},{},{:.1},{:.4},{:.4},{:.4},{:.4}",
+                l.epoch, l.stage, l.seconds, l.loss, l.bce, l.align, l.balance
             )?;
             for (_, a) in &l.val_auc {
                 write!(w, ",{}", f(*a))?;
@@ -696,7 +722,10 @@ pub fn train(
     on_event: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainSummary, TrainError> {
-    if opts.epochs == 0 || opts.batch == 0 || opts.samples_per_epoch < opts.batch {
+    if opts.epochs + opts.probe_epochs == 0
+        || opts.batch == 0
+        || opts.samples_per_epoch < opts.batch
+    {
         return Err(TrainError::Options(
             "epochs and batch must be positive, and samples per epoch at least one batch".into(),
         ));
@@ -790,32 +819,96 @@ pub fn train(
         state = old;
     }
 
-    let (bb_vars, head_vars) = net.vars();
-    let params = |lr: f64| ParamsAdamW {
-        lr,
-        weight_decay: 1e-4,
-        ..ParamsAdamW::default()
-    };
-    let mut opt_head = AdamW::new(head_vars, params(opts.lr))?;
-    let mut opt_bb = AdamW::new(bb_vars, params(opts.lr * 0.1))?;
+    let (bb_vars, new_vars) = net.vars();
     let steps = opts.samples_per_epoch / opts.batch;
-    let total_steps = steps * opts.epochs;
     let c = net.config().clone();
-    let grid = c.grid[0];
-    let input = net.input_size();
-    let norm = net.normalization();
+    let shape = Shape {
+        grid: c.grid[0],
+        input: net.input_size(),
+        norm: net.normalization(),
+        regions: c.regions.len(),
+        prompts: c.prompts.len(),
+    };
+    let run = Run {
+        opts,
+        samples: &samples,
+        ckpt,
+        best_dir,
+        state_path,
+    };
+    let total_epochs = opts.probe_epochs + opts.epochs;
 
-    for epoch in state.epochs_done + 1..=opts.epochs {
+    // Stage 1: the head alone, on cached features of the pretrained backbone.
+    if state.epochs_done < opts.probe_epochs {
+        on_event(TrainEvent::Message(format!(
+            "probe stage: caching backbone features of {} version(s) of each training face",
+            opts.probe_views.max(1)
+        )));
+        let t0 = Instant::now();
+        let bank = FeatureBank::build(&net, &run, &faces, &train_idx, &val_idx, &shape, cancel)?;
+        on_event(TrainEvent::Message(format!(
+            "{} feature sets cached in {:.0} s",
+            bank.items.len(),
+            t0.elapsed().as_secs_f64()
+        )));
+        let mut opt = AdamW::new(new_vars.clone(), adamw(opts.lr))?;
+        let total_steps = steps * opts.probe_epochs;
+        for epoch in state.epochs_done + 1..=opts.probe_epochs {
+            let t_epoch = Instant::now();
+            let draws = draw_epoch(&train_idx, &samples, opts, epoch);
+            let mut pick = rand_chacha::ChaCha8Rng::seed_from_u64(
+                opts.seed ^ 0x0050_7265 ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407),
+            );
+            let mut sums = LossSums::default();
+            for step in 0..steps {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(TrainError::Cancelled);
+                }
+                opt.set_learning_rate(lr_at((epoch - 1) * steps + step, total_steps, opts.lr));
+                let Some(chunk) = draws.get(step * opts.batch..(step + 1) * opts.batch) else {
+                    break;
+                };
+                let picked: Vec<usize> = chunk
+                    .iter()
+                    .filter_map(|d| bank.pick(d, &mut pick))
+                    .collect();
+                if picked.is_empty() {
+                    continue;
+                }
+                let (features, targets) = bank.batch(&picked, &shape, &opts.device)?;
+                let out = net.forward_features(&features, &targets.masks)?;
+                let l = step_losses(&out, &targets, opts, epoch, step, &mut sums)?;
+                opt.step(&l.backward()?)?;
+                on_event(TrainEvent::Step {
+                    epoch,
+                    step: step + 1,
+                    steps,
+                    loss: sums.last,
+                });
+            }
+            let records = bank.validate(&net, &samples, opts.batch, &shape, cancel)?;
+            let row = finish_epoch(
+                &net, &run, &mut state, epoch, "probe", t_epoch, &sums, steps, &records,
+            )?;
+            on_event(TrainEvent::Epoch(row));
+        }
+    }
+
+    // Stage 2: fine-tuning, fresh augmentations every epoch.
+    let mut opt_new = AdamW::new(new_vars, adamw(opts.lr))?;
+    let mut opt_bb = AdamW::new(bb_vars, adamw(opts.lr * 0.1))?;
+    let total_steps = steps * opts.epochs;
+    for epoch in state.epochs_done + 1..=total_epochs {
         let t_epoch = Instant::now();
         let draws = draw_epoch(&train_idx, &samples, opts, epoch);
-        let (mut sum, mut sum_bce, mut sum_align, mut sum_bal) = (0.0, 0.0, 0.0, 0.0);
+        let mut sums = LossSums::default();
         for step in 0..steps {
             if cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled);
             }
-            let global_step = (epoch - 1) * steps + step;
+            let global_step = (epoch - opts.probe_epochs - 1) * steps + step;
             let lr = lr_at(global_step, total_steps, opts.lr);
-            opt_head.set_learning_rate(lr);
+            opt_new.set_learning_rate(lr);
             opt_bb.set_learning_rate(lr * 0.1);
             let Some(chunk) = draws.get(step * opts.batch..(step + 1) * opts.batch) else {
                 break;
@@ -834,98 +927,337 @@ pub fn train(
                         d.self_blend,
                         &opts.augment,
                         seed,
-                        grid,
-                        input,
-                        norm,
+                        shape.grid,
+                        shape.input,
+                        shape.norm,
                     ))
                 })
                 .collect();
-            let batch = stack(
-                &items,
-                input,
-                c.regions.len(),
-                c.prompts.len(),
-                &opts.device,
-            )?;
-            let out = net.forward(&batch.pixels, &batch.masks)?;
-            let (bce, align, bal) = losses(&out, &batch)?;
-            let loss = ((&bce + (&align * opts.align_weight)?)? + (&bal * opts.balance_weight)?)?;
-            let grads = loss.backward()?;
-            opt_head.step(&grads)?;
+            let pixels = stack_pixels(&items, shape.input, &opts.device)?;
+            let metas: Vec<&Meta> = items.iter().map(|i| &i.meta).collect();
+            let targets = stack_targets(&metas, shape.regions, shape.prompts, &opts.device)?;
+            let out = net.forward(&pixels, &targets.masks)?;
+            let l = step_losses(&out, &targets, opts, epoch, step, &mut sums)?;
+            let grads = l.backward()?;
+            opt_new.step(&grads)?;
             opt_bb.step(&grads)?;
-            let l = scalar(&loss)?;
-            if !l.is_finite() {
-                return Err(TrainError::Options(format!(
-                    "the loss diverged at epoch {epoch}, step {}; lower --lr",
-                    step + 1
-                )));
-            }
-            sum += l;
-            sum_bce += scalar(&bce)?;
-            sum_align += scalar(&align)?;
-            sum_bal += scalar(&bal)?;
             on_event(TrainEvent::Step {
                 epoch,
                 step: step + 1,
                 steps,
-                loss: l,
+                loss: sums.last,
             });
         }
         let records = validate(&net, &samples, &faces, &val_idx, opts.batch, cancel)?;
-        let eval =
-            Evaluation::from_records(&records, &EvaluationOptions::default()).map_err(|e| {
-                TrainError::Data {
-                    path: opts.out.clone(),
-                    message: format!("validation: {e}"),
-                }
-            })?;
-        let val_auc: Vec<(String, Option<f64>)> = eval
-            .per_dataset
-            .iter()
-            .map(|d| (d.name.clone(), d.auc))
-            .collect();
-        let defined: Vec<f64> = val_auc.iter().filter_map(|(_, a)| *a).collect();
-        #[allow(clippy::cast_precision_loss)]
-        let val_auc_mean =
-            (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64);
-        #[allow(clippy::cast_precision_loss)]
-        let n = steps.max(1) as f64;
-        let row = EpochLog {
-            epoch,
-            seconds: t_epoch.elapsed().as_secs_f64(),
-            loss: sum / n,
-            bce: sum_bce / n,
-            align: sum_align / n,
-            balance: sum_bal / n,
-            val_auc,
-            val_auc_mean,
-            val_cross_auc: eval.cross_auc.summary.mean_off_diagonal,
-        };
-        // Checkpoint: model folder first, then the state that points at it.
-        net.save(&ckpt)?;
-        let metric = row.val_auc_mean.unwrap_or(f64::NEG_INFINITY);
-        if metric > state.best_metric || state.best_epoch == 0 {
-            state.best_metric = metric;
-            state.best_epoch = epoch;
-            net.save(&best_dir)?;
-            write_scores(&best_dir.join("val_scores.csv"), &records, ScoreFormat::Csv).map_err(
-                |e| TrainError::Io {
-                    path: best_dir.join("val_scores.csv"),
-                    message: e.to_string(),
-                },
-            )?;
-        }
-        state.epochs_done = epoch;
-        state.log.push(row.clone());
-        write_json(&state_path, &state)?;
-        write_log(&opts.out.join("train_log.csv"), &state.log)?;
+        let row = finish_epoch(
+            &net, &run, &mut state, epoch, "finetune", t_epoch, &sums, steps, &records,
+        )?;
         on_event(TrainEvent::Epoch(row));
     }
     Ok(TrainSummary {
         log: state.log,
         best_epoch: state.best_epoch,
-        best_dir,
+        best_dir: run.best_dir,
     })
+}
+
+fn adamw(lr: f64) -> ParamsAdamW {
+    ParamsAdamW {
+        lr,
+        weight_decay: 1e-4,
+        ..ParamsAdamW::default()
+    }
+}
+
+/// Sizes shared by every batch of a run.
+struct Shape {
+    grid: usize,
+    input: usize,
+    norm: ([f32; 3], [f32; 3]),
+    regions: usize,
+    prompts: usize,
+}
+
+/// What every epoch's bookkeeping needs.
+struct Run<'a> {
+    opts: &'a TrainOptions,
+    samples: &'a [Sample],
+    ckpt: PathBuf,
+    best_dir: PathBuf,
+    state_path: PathBuf,
+}
+
+/// Running sums of an epoch's losses.
+#[derive(Default)]
+struct LossSums {
+    total: f64,
+    bce: f64,
+    align: f64,
+    balance: f64,
+    /// The last step's total loss.
+    last: f64,
+}
+
+/// The weighted loss of one step, added to `sums`; an error if it diverged.
+fn step_losses(
+    out: &HeadOutput,
+    targets: &Targets,
+    opts: &TrainOptions,
+    epoch: usize,
+    step: usize,
+    sums: &mut LossSums,
+) -> Result<Tensor, TrainError> {
+    let (bce, align, bal) = losses(out, targets)?;
+    let loss = ((&bce + (&align * opts.align_weight)?)? + (&bal * opts.balance_weight)?)?;
+    let l = scalar(&loss)?;
+    if !l.is_finite() {
+        return Err(TrainError::Options(format!(
+            "the loss diverged at epoch {epoch}, step {}; lower --lr",
+            step + 1
+        )));
+    }
+    sums.last = l;
+    sums.total += l;
+    sums.bce += scalar(&bce)?;
+    sums.align += scalar(&align)?;
+    sums.balance += scalar(&bal)?;
+    Ok(loss)
+}
+
+/// Validation metrics, the checkpoint, `best/`, the state and the log of a
+/// finished epoch.
+#[allow(clippy::too_many_arguments)]
+fn finish_epoch(
+    net: &TrainNet,
+    run: &Run<'_>,
+    state: &mut State,
+    epoch: usize,
+    phase: &str,
+    started: Instant,
+    sums: &LossSums,
+    steps: usize,
+    records: &[ScoreRecord],
+) -> Result<EpochLog, TrainError> {
+    let eval = Evaluation::from_records(records, &EvaluationOptions::default()).map_err(|e| {
+        TrainError::Data {
+            path: run.opts.out.clone(),
+            message: format!("validation: {e}"),
+        }
+    })?;
+    let val_auc: Vec<(String, Option<f64>)> = eval
+        .per_dataset
+        .iter()
+        .map(|d| (d.name.clone(), d.auc))
+        .collect();
+    let defined: Vec<f64> = val_auc.iter().filter_map(|(_, a)| *a).collect();
+    #[allow(clippy::cast_precision_loss)]
+    let val_auc_mean =
+        (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64);
+    #[allow(clippy::cast_precision_loss)]
+    let n = steps.max(1) as f64;
+    let row = EpochLog {
+        epoch,
+        stage: phase.to_owned(),
+        seconds: started.elapsed().as_secs_f64(),
+        loss: sums.total / n,
+        bce: sums.bce / n,
+        align: sums.align / n,
+        balance: sums.balance / n,
+        val_auc,
+        val_auc_mean,
+        val_cross_auc: eval.cross_auc.summary.mean_off_diagonal,
+    };
+    // Checkpoint: model folder first, then the state that points at it.
+    net.save(&run.ckpt)?;
+    let metric = row.val_auc_mean.unwrap_or(f64::NEG_INFINITY);
+    if metric > state.best_metric || state.best_epoch == 0 {
+        state.best_metric = metric;
+        state.best_epoch = epoch;
+        net.save(&run.best_dir)?;
+        let path = run.best_dir.join("val_scores.csv");
+        write_scores(&path, records, ScoreFormat::Csv).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    state.epochs_done = epoch;
+    state.log.push(row.clone());
+    write_json(&run.state_path, state)?;
+    write_log(&run.opts.out.join("train_log.csv"), &state.log)?;
+    Ok(row)
+}
+
+/// A face's cached backbone features and its targets.
+struct Cached {
+    /// `[N, C]`, half precision.
+    patches: Tensor,
+    /// `[P]`, half precision.
+    global: Tensor,
+    meta: Meta,
+}
+
+/// The probe stage's cache: backbone features of every training face (as
+/// it is and augmented), of self-blended fakes made from the real ones, and
+/// of the validation faces.
+struct FeatureBank {
+    items: Vec<Cached>,
+    /// Per sample: its cached versions (empty for validation samples).
+    views: Vec<Vec<usize>>,
+    /// Per real training sample: its cached self-blended fakes.
+    blends: Vec<Vec<usize>>,
+    /// (sample, cached item) of every validation face.
+    val: Vec<(usize, usize)>,
+}
+
+#[derive(Clone, Copy)]
+enum Version {
+    Plain(usize),
+    Blend(usize),
+    Val,
+}
+
+impl FeatureBank {
+    fn build(
+        net: &TrainNet,
+        run: &Run<'_>,
+        faces: &[Option<PreparedFace>],
+        train: &[usize],
+        val: &[usize],
+        shape: &Shape,
+        cancel: &AtomicBool,
+    ) -> Result<Self, TrainError> {
+        let opts = run.opts;
+        let samples = run.samples;
+        let views = opts.probe_views.max(1);
+        let mut jobs: Vec<(usize, Version)> = Vec::new();
+        for &i in train {
+            jobs.extend((0..views).map(|v| (i, Version::Plain(v))));
+            if opts.self_blend > 0.0 && samples[i].label == Label::Real {
+                jobs.extend((0..(views - 1).max(1)).map(|v| (i, Version::Blend(v))));
+            }
+        }
+        jobs.extend(val.iter().map(|&i| (i, Version::Val)));
+        let mut bank = Self {
+            items: Vec::with_capacity(jobs.len()),
+            views: vec![Vec::new(); samples.len()],
+            blends: vec![Vec::new(); samples.len()],
+            val: Vec::with_capacity(val.len()),
+        };
+        let none = AugmentOptions::none();
+        for chunk in jobs.chunks(opts.batch.max(1)) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(TrainError::Cancelled);
+            }
+            let items: Vec<(usize, Version, Item)> = chunk
+                .par_iter()
+                .filter_map(|&(i, version)| {
+                    let face = faces[i].as_ref()?;
+                    let (blend, aug, v) = match version {
+                        Version::Plain(0) | Version::Val => (false, &none, 0),
+                        Version::Plain(v) => (false, &opts.augment, v),
+                        Version::Blend(v) => (true, &opts.augment, v + views),
+                    };
+                    let seed = opts.seed
+                        ^ 0x6261_6E6B
+                        ^ ((i * 2 * views + v) as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+                    let item = make_item(
+                        &samples[i],
+                        face,
+                        blend,
+                        aug,
+                        seed,
+                        shape.grid,
+                        shape.input,
+                        shape.norm,
+                    );
+                    Some((i, version, item))
+                })
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            let pixels = {
+                let all: Vec<f32> = items
+                    .iter()
+                    .flat_map(|(_, _, it)| it.pixels.iter().copied())
+                    .collect();
+                Tensor::from_vec(
+                    all,
+                    (items.len(), 3, shape.input, shape.input),
+                    net.device(),
+                )?
+            };
+            let f = net.features(&pixels)?;
+            let patches = f.patches.to_dtype(DType::F16)?;
+            let global = f.global.to_dtype(DType::F16)?;
+            for (k, (i, version, item)) in items.into_iter().enumerate() {
+                let id = bank.items.len();
+                bank.items.push(Cached {
+                    patches: patches.get(k)?,
+                    global: global.get(k)?,
+                    meta: item.meta,
+                });
+                match version {
+                    Version::Plain(_) => bank.views[i].push(id),
+                    Version::Blend(_) => bank.blends[i].push(id),
+                    Version::Val => bank.val.push((i, id)),
+                }
+            }
+        }
+        Ok(bank)
+    }
+
+    /// A cached version of the drawn face, chosen at random.
+    fn pick<R: Rng>(&self, d: &Draw, rng: &mut R) -> Option<usize> {
+        let list = if d.self_blend {
+            &self.blends[d.index]
+        } else {
+            &self.views[d.index]
+        };
+        (!list.is_empty()).then(|| list[rng.random_range(0..list.len())])
+    }
+
+    fn batch(
+        &self,
+        ids: &[usize],
+        shape: &Shape,
+        dev: &Device,
+    ) -> Result<(Features, Targets), TrainError> {
+        let patches: Vec<&Tensor> = ids.iter().map(|&i| &self.items[i].patches).collect();
+        let global: Vec<&Tensor> = ids.iter().map(|&i| &self.items[i].global).collect();
+        let metas: Vec<&Meta> = ids.iter().map(|&i| &self.items[i].meta).collect();
+        Ok((
+            Features {
+                patches: Tensor::stack(&patches, 0)?.to_dtype(DType::F32)?,
+                global: Tensor::stack(&global, 0)?.to_dtype(DType::F32)?,
+            },
+            stack_targets(&metas, shape.regions, shape.prompts, dev)?,
+        ))
+    }
+
+    fn validate(
+        &self,
+        net: &TrainNet,
+        samples: &[Sample],
+        batch: usize,
+        shape: &Shape,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<ScoreRecord>, TrainError> {
+        let mut records = Vec::with_capacity(self.val.len());
+        for chunk in self.val.chunks(batch.max(1)) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(TrainError::Cancelled);
+            }
+            let ids: Vec<usize> = chunk.iter().map(|&(_, id)| id).collect();
+            let (f, t) = self.batch(&ids, shape, net.device())?;
+            let out = net.forward_features(&f, &t.masks)?;
+            let scores = out.score.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for (&(i, _), s) in chunk.iter().zip(scores) {
+                records.push(record(&samples[i], s));
+            }
+        }
+        Ok(records)
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,17 @@ enum Body {
     },
 }
 
+/// Backbone features of a batch (see [`TrainNet::features`]).
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// Patch rows `[B, N, C]`: faceres' 512-channel map, or CLIP's
+    /// projected patch tokens.
+    pub patches: Tensor,
+    /// `[B, P]`: faceres' pooled 1024-d descriptor, or CLIP's projected
+    /// class token.
+    pub global: Tensor,
+}
+
 /// The trainable model.
 pub struct TrainNet {
     body: Body,
@@ -303,10 +314,80 @@ impl TrainNet {
         }
     }
 
-    /// The trained variables of the backbone and of the head.
+    /// The trained variables: those of the pretrained backbone blocks, and
+    /// the new ones (the head, and faceres' projections into the head),
+    /// which learn at the full rate.
     #[must_use]
     pub fn vars(&self) -> (Vec<Var>, Vec<Var>) {
-        (self.backbone_vars.all_vars(), self.head_vars.all_vars())
+        let mut pretrained = Vec::new();
+        let mut new = self.head_vars.all_vars();
+        if let Ok(data) = self.backbone_vars.data().lock() {
+            let mut named: Vec<(&String, &Var)> = data.iter().collect();
+            named.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in named {
+                if k.starts_with("proj_") {
+                    new.push(v.clone());
+                } else {
+                    pretrained.push(v.clone());
+                }
+            }
+        }
+        (pretrained, new)
+    }
+
+    /// Whether any backbone block is trained (otherwise [`Self::features`]
+    /// of a face never change, and can be computed once).
+    #[must_use]
+    pub fn backbone_trained(&self) -> bool {
+        match &self.body {
+            Body::FaceRes { first, .. } => *first < BLOCKS.len(),
+            Body::Clip { .. } => false,
+        }
+    }
+
+    /// The backbone's output with its weights as loaded (pretrained; no
+    /// gradient): the input of [`Self::forward_features`].
+    ///
+    /// # Errors
+    /// A tensor or shape error.
+    pub fn features(&self, pixels: &Tensor) -> Result<Features, ModelError> {
+        match &self.body {
+            Body::FaceRes { net, .. } => {
+                let (patch, pooled) = net.forward_nhwc(pixels)?;
+                let (b, h, w, c) = patch.dims4()?;
+                Ok(Features {
+                    patches: patch.reshape((b, h * w, c))?,
+                    global: pooled,
+                })
+            }
+            Body::Clip { vision, .. } => {
+                let t = vision.encode(pixels)?;
+                Ok(Features {
+                    patches: t.patches.detach(),
+                    global: t.global.detach(),
+                })
+            }
+        }
+    }
+
+    /// The trainable part on top of [`Self::features`]: faceres'
+    /// projections into the head, then the head.
+    ///
+    /// # Errors
+    /// A tensor or shape error.
+    pub fn forward_features(&self, f: &Features, masks: &Tensor) -> Result<HeadOutput, ModelError> {
+        match &self.body {
+            Body::FaceRes {
+                proj_patch,
+                proj_global,
+                ..
+            } => self.head.forward(
+                &proj_global.forward(&f.global)?,
+                &proj_patch.forward(&f.patches)?,
+                masks,
+            ),
+            Body::Clip { .. } => self.head.forward(&f.global, &f.patches, masks),
+        }
     }
 
     /// Runs the network (with gradients through the trained variables).
@@ -315,52 +396,55 @@ impl TrainNet {
     /// A tensor or shape error.
     #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), x
     pub fn forward(&self, pixels: &Tensor, masks: &Tensor) -> Result<HeadOutput, ModelError> {
-        let (global, patches) = match &self.body {
-            Body::FaceRes {
-                net,
-                first,
-                proj_patch,
-                proj_global,
-                ..
-            } => {
-                let data = self.backbone_vars.data();
-                let data = data
-                    .lock()
-                    .map_err(|_| ModelError::Input("variable map poisoned".into()))?;
-                let var = |k: &str| -> Result<Tensor, ModelError> {
-                    data.get(k)
-                        .map(|v| v.as_tensor().clone())
-                        .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
-                };
-                let mut x = net.forward_prefix(pixels, *first)?;
-                let mut patch = None;
-                if *first > PATCH_BLOCK {
-                    patch = Some(net.forward_prefix(pixels, PATCH_BLOCK + 1)?);
-                }
-                for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(*first) {
-                    let n = k + 1;
-                    let taps = var(&format!("dw{n}.weight"))?.reshape((cin, 9))?.t()?;
-                    let x1 = depthwise_tensor(&x, &taps, &var(&format!("dw{n}.bias"))?, stride)?;
-                    let w = var(&format!("pw{n}.weight"))?.reshape((cout, cin))?.t()?;
-                    x = pointwise_tensor(&x1, &w, &var(&format!("pw{n}.bias"))?)?;
-                    if k == PATCH_BLOCK {
-                        patch = Some(x.clone());
-                    }
-                }
-                let patch =
-                    patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
-                let (b, h, w, c) = patch.dims4()?;
-                let patches = proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
-                let (b, oh, ow, c) = x.dims4()?;
-                let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
-                (proj_global.forward(&pooled)?, patches)
-            }
-            Body::Clip { vision, .. } => {
-                let t = vision.encode(pixels)?;
-                (t.global.detach(), t.patches.detach())
-            }
+        if !self.backbone_trained() {
+            return self.forward_features(&self.features(pixels)?, masks);
+        }
+        let Body::FaceRes {
+            net,
+            first,
+            proj_patch,
+            proj_global,
+            ..
+        } = &self.body
+        else {
+            return Err(ModelError::Input("no trained backbone block".into()));
         };
-        self.head.forward(&global, &patches, masks)
+        let data = self.backbone_vars.data();
+        let data = data
+            .lock()
+            .map_err(|_| ModelError::Input("variable map poisoned".into()))?;
+        let var = |k: &str| -> Result<Tensor, ModelError> {
+            data.get(k)
+                .map(|v| v.as_tensor().clone())
+                .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
+        };
+        // The frozen blocks once, taking the patch map on the way when it
+        // comes before the first trained block.
+        let mut patch = None;
+        let mut x = if *first > PATCH_BLOCK {
+            let p = net.forward_prefix(pixels, PATCH_BLOCK + 1)?;
+            patch = Some(p.clone());
+            net.forward_blocks(&p, PATCH_BLOCK + 1, *first)?
+        } else {
+            net.forward_prefix(pixels, *first)?
+        };
+        for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(*first) {
+            let n = k + 1;
+            let taps = var(&format!("dw{n}.weight"))?.reshape((cin, 9))?.t()?;
+            let x1 = depthwise_tensor(&x, &taps, &var(&format!("dw{n}.bias"))?, stride)?;
+            let w = var(&format!("pw{n}.weight"))?.reshape((cout, cin))?.t()?;
+            x = pointwise_tensor(&x1, &w, &var(&format!("pw{n}.bias"))?)?;
+            if k == PATCH_BLOCK {
+                patch = Some(x.clone());
+            }
+        }
+        let patch = patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
+        let (b, h, w, c) = patch.dims4()?;
+        let patches = proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
+        let (b, oh, ow, c) = x.dims4()?;
+        let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
+        self.head
+            .forward(&proj_global.forward(&pooled)?, &patches, masks)
     }
 
     /// Loads the trained variables of a model folder written by
