@@ -76,6 +76,30 @@ fn run(
     (r, messages)
 }
 
+/// faceres from the bundled weights, its last `train_blocks` blocks trained.
+fn faceres(train_blocks: usize) -> BackboneChoice {
+    BackboneChoice::FaceRes {
+        weights: faceres_weights(),
+        train_blocks,
+    }
+}
+
+fn faceres_weights() -> PathBuf {
+    root().join("models/faceres/faceres.safetensors")
+}
+
+/// Largest absolute difference (the first tensor may be stored as f16).
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a.to_dtype(candle_core::DType::F32).unwrap() - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Scores of `best/val_scores.csv` against `SfamModel::load(best)` on the
 /// same images through the face pipeline.
 fn reload_and_rescore(best: &Path) {
@@ -134,15 +158,8 @@ fn clip_backbone_trains_end_to_end() {
 fn faceres_backbone_finetunes_and_reloads() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
-    let weights = root().join("models/faceres/faceres.safetensors");
-    let o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::FaceRes {
-            weights: weights.clone(),
-            train_blocks: 2,
-        },
-    );
+    let weights = faceres_weights();
+    let o = options(data.path(), out.path(), faceres(2));
     let (summary, _) = run(&o);
     let summary = summary.unwrap();
     let best = &summary.best_dir;
@@ -151,18 +168,7 @@ fn faceres_backbone_finetunes_and_reloads() {
     let before = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
     let after =
         candle_core::safetensors::load(best.join("faceres.safetensors"), &Device::Cpu).unwrap();
-    let diff = |k: &str| {
-        let a = before[k].to_dtype(candle_core::DType::F32).unwrap();
-        let b = &after[k];
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = |k: &str| max_abs_diff(&before[k], &after[k]);
     assert!(diff("pw13.weight") > 0.0);
     assert!(diff("pw12.weight") > 0.0);
     assert_eq!(diff("pw11.weight"), 0.0);
@@ -173,17 +179,9 @@ fn faceres_backbone_finetunes_and_reloads() {
 #[test]
 fn same_seed_same_model() {
     let data = sample_tree();
-    let weights = root().join("models/faceres/faceres.safetensors");
     let run_once = |seed: u64| {
         let out = tempfile::tempdir().unwrap();
-        let mut o = options(
-            data.path(),
-            out.path(),
-            BackboneChoice::FaceRes {
-                weights: weights.clone(),
-                train_blocks: 1,
-            },
-        );
+        let mut o = options(data.path(), out.path(), faceres(1));
         o.augment = AugmentOptions::default();
         o.seed = seed;
         run(&o).0.unwrap();
@@ -268,15 +266,8 @@ fn cli_trains_and_reports() {
 fn probe_stage_then_finetuning() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
-    let weights = root().join("models/faceres/faceres.safetensors");
-    let mut o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::FaceRes {
-            weights: weights.clone(),
-            train_blocks: 1,
-        },
-    );
+    let weights = faceres_weights();
+    let mut o = options(data.path(), out.path(), faceres(1));
     o.augment = AugmentOptions::default();
     o.probe_epochs = 2;
     o.probe_views = 2;
@@ -291,16 +282,7 @@ fn probe_stage_then_finetuning() {
     assert_eq!(stages, ["probe", "probe"]);
     reload_and_rescore(&summary.best_dir);
     let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
-    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-        (a.to_dtype(candle_core::DType::F32).unwrap() - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = max_abs_diff;
     let original = load(&weights);
     let probed = load(&out.path().join("checkpoint/faceres.safetensors"));
     assert_eq!(diff(&original["pw13.weight"], &probed["pw13.weight"]), 0.0);

@@ -91,6 +91,26 @@ impl DeviceSpec {
     }
 }
 
+/// Keeps freed activation buffers in the process instead of handing them
+/// back to the kernel after every tensor operation (glibc only; elsewhere
+/// nothing happens). By default glibc serves blocks above a (dynamic)
+/// threshold with fresh `mmap`s and trims the heap top eagerly, so the
+/// multi-megabyte activations of a forward pass are page-faulted in anew
+/// every time: a fifth or more of the CPU time of a ViT-B/16 pass here
+/// (measured in `docs/MODEL.md`, "Speed"). Call once, early, before
+/// threads allocate.
+pub fn tune_host_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: `mallopt` only sets allocator parameters; it is called with
+    // valid parameter numbers and values, before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,25 +130,5 @@ mod tests {
             let e = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
             assert!(e.contains("--features cuda"), "{e}");
         }
-    }
-}
-
-/// Keeps freed activation buffers in the process instead of handing them
-/// back to the kernel after every tensor operation (glibc only; elsewhere
-/// nothing happens). By default glibc serves blocks above a (dynamic)
-/// threshold with fresh `mmap`s and trims the heap top eagerly, so the
-/// multi-megabyte activations of a forward pass are page-faulted in anew
-/// every time: a fifth or more of the CPU time of a ViT-B/16 pass here
-/// (measured in `docs/MODEL.md`, "Speed"). Call once, early, before
-/// threads allocate.
-pub fn tune_host_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: `mallopt` only sets allocator parameters; it is called with
-    // valid parameter numbers and values, before other threads run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

@@ -86,6 +86,18 @@ impl Lin {
     }
 }
 
+/// The values of a contiguous f32 CPU tensor (for the custom operations).
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} needs a contiguous input");
+    };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
 /// [`PackedLinear`] as a candle operation on the last dimension.
 struct Bf16Linear<'a>(&'a PackedLinear);
 
@@ -99,9 +111,7 @@ impl candle_core::CustomOp1 for Bf16Linear<'_> {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bf16-linear needs a contiguous input");
-        };
+        let x = contiguous_f32(storage, layout, "bf16-linear")?;
         let dims = layout.dims();
         if dims.last() != Some(&self.0.in_features()) {
             candle_core::bail!(
@@ -109,7 +119,6 @@ impl candle_core::CustomOp1 for Bf16Linear<'_> {
                 self.0.in_features()
             );
         }
-        let x = &storage.as_slice::<f32>()?[start..end];
         let out = self.0.forward(x).map_err(candle_core::Error::msg)?;
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
@@ -243,10 +252,7 @@ impl candle_core::CustomOp1 for BiasQuickGelu<'_> {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bias-quick-gelu needs a contiguous input");
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
+        let x = contiguous_f32(storage, layout, "bias-quick-gelu")?;
         let n = self.bias.len();
         if n == 0 || x.len() % n != 0 {
             candle_core::bail!("bias-quick-gelu: {} values, bias of {n}", x.len());
