@@ -104,7 +104,7 @@ fn repeat_mode(n: usize) {
     // One model (random weights) switched between precisions, one input.
     let mut model = model(&device, Precision::F32);
     let masks = model.template_masks().unwrap();
-    let check = Tensor::randn(0.0_f32, 1.0, (8, 3, 224, 224), &device).unwrap();
+    let check = Tensor::randn(0.0_f32, 1.0, (32, 3, 224, 224), &device).unwrap();
     for precision in precisions() {
         model.set_precision(precision).unwrap();
         for batch in [1_usize, 8] {
