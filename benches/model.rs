@@ -7,6 +7,8 @@
 //! size, the median wall time and the process CPU time (user + system,
 //! from `/proc/self/stat`) of N forward passes: CPU time per face is far
 //! less disturbed than wall time when other processes share the cores.
+//! `SFAM_BENCH_DEVICE=cuda` (a build with `--features cuda`) runs the
+//! repeat mode on a GPU, `SFAM_BENCH_BATCHES=1,8,64` picks the batch sizes.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +17,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group};
 use sfam_studio::model::clip::{ClipModel, Towers};
+use sfam_studio::model::device::DeviceSpec;
 use sfam_studio::model::{ClipConfig, HeadConfig, Precision, SfamHead, SfamModel, Weights};
 
 /// The bench's head: the hyper-parameters of docs/MODEL.md's default.
@@ -99,15 +102,28 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn repeat_mode(n: usize) {
-    let device = Device::Cpu;
+    let spec: DeviceSpec = std::env::var("SFAM_BENCH_DEVICE")
+        .ok()
+        .map_or(DeviceSpec::Cpu, |d| d.parse().unwrap());
+    let device = spec.open().unwrap();
+    let batches: Vec<usize> = std::env::var("SFAM_BENCH_BATCHES").ok().map_or_else(
+        || vec![1, 8],
+        |b| b.split(',').map(|x| x.parse().unwrap()).collect(),
+    );
     let mut scores = Vec::new();
     // One model (random weights) switched between precisions, one input.
     let mut model = model(&device, Precision::F32);
     let masks = model.template_masks().unwrap();
     let check = Tensor::randn(0.0_f32, 1.0, (32, 3, 224, 224), &device).unwrap();
+    let mut done = Vec::new();
     for precision in precisions() {
-        model.set_precision(precision).unwrap();
-        for batch in [1_usize, 8] {
+        // Off the CPU the bf16 kernel does not apply: float32 is used.
+        let precision = model.set_precision(precision).unwrap();
+        if done.contains(&precision) {
+            continue;
+        }
+        done.push(precision);
+        for &batch in &batches {
             let px = Tensor::randn(0.0_f32, 1.0, (batch, 3, 224, 224), &device).unwrap();
             black_box(model.forward(&px, &masks).unwrap());
             let mut walls = Vec::with_capacity(n);
@@ -123,7 +139,7 @@ fn repeat_mode(n: usize) {
             #[allow(clippy::cast_precision_loss)]
             let (faces, runs) = (batch as f64, n as f64);
             println!(
-                "{{\"impl\": \"candle\", \"precision\": \"{precision}\", \"batch\": {batch}, \"runs\": {n}, \"median_s\": {median:.4}, \"faces_per_s\": {:.3}, \"cpu_s_per_face\": {:.4}}}",
+                "{{\"impl\": \"candle\", \"device\": \"{spec}\", \"precision\": \"{precision}\", \"batch\": {batch}, \"runs\": {n}, \"median_s\": {median:.4}, \"faces_per_s\": {:.3}, \"cpu_s_per_face\": {:.4}}}",
                 faces / median,
                 cpu / (runs * faces)
             );

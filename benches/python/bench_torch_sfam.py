@@ -8,7 +8,10 @@ Rust bench), torch.set_num_threads(2), no_grad. Prints faces per second at
 batch 1 and 8 (median over repeated timed runs after warm-up) and the process
 CPU time per face (less disturbed than wall time when the cores are shared).
 
-    python benches/python/bench_torch_sfam.py [--seconds 10]
+    python benches/python/bench_torch_sfam.py [--seconds 10] [--device cuda] [--batches 1,8,64]
+
+On a GPU the outputs are synchronised (torch.cuda.synchronize) before each
+timer stops, as the Rust side reads its scores back to the host.
 """
 
 import argparse
@@ -22,6 +25,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "fixtures", "model"))
+try:  # generate.py imports open_clip for its tokenizer fixtures; the heads do not need it
+    import open_clip  # noqa: F401
+except ImportError:
+    import types
+    sys.modules["open_clip"] = types.ModuleType("open_clip")
 from generate import REGIONS, SfamHead  # noqa: E402
 
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
@@ -54,28 +62,40 @@ def forward(vision, head, px, masks):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batches", default="1,8")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    batches = [int(b) for b in args.batches.split(",")]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     torch.set_num_threads(2)
     torch.manual_seed(0)
     results = []
     for attn in ["sdpa", "eager"]:
         vision, head = build(attn)
-        for batch in [1, 8]:
-            px = torch.randn(batch, 3, 224, 224)
-            masks = torch.rand(batch, len(REGIONS), 196)
+        vision, head = vision.to(dev), head.to(dev)
+        for batch in batches:
+            px = torch.randn(batch, 3, 224, 224, device=dev)
+            masks = torch.rand(batch, len(REGIONS), 196, device=dev)
             with torch.inference_mode():
                 for _ in range(2):
                     forward(vision, head, px, masks)
+                sync()
                 times = []
                 start = time.perf_counter()
                 cpu0 = time.process_time()
                 while time.perf_counter() - start < args.seconds or len(times) < 3:
                     t0 = time.perf_counter()
                     forward(vision, head, px, masks)
+                    sync()
                     times.append(time.perf_counter() - t0)
                 cpu = time.process_time() - cpu0
             med = statistics.median(times)
-            r = {"impl": f"pytorch-{torch.__version__}-{attn}", "batch": batch,
+            r = {"impl": f"pytorch-{torch.__version__}-{attn}", "device": str(dev), "batch": batch,
                  "runs": len(times), "median_s": round(med, 4), "faces_per_s": round(batch / med, 3),
                  "cpu_s_per_face": round(cpu / (len(times) * batch), 4)}
             results.append(r)

@@ -49,7 +49,7 @@ use crate::model::{ModelError, SfamOutput};
 /// decoding, face detection, alignment, region masks and preprocessing.
 /// Bump it when any of them changes what the model sees: cached scores of
 /// other versions are then not used.
-pub const PREPROCESS_VERSION: u32 = 1;
+pub const PREPROCESS_VERSION: u32 = 2;
 
 /// The folder where `sfam score` keeps its cache, beside the output:
 /// `<out>` + this suffix (e.g. `s.csv.cache/`).

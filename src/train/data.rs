@@ -19,7 +19,7 @@ use crate::face::pipeline::{FaceDetector, FaceOptions};
 use crate::face::template::ALIGNED_SIZE;
 
 /// Bumped whenever detection or alignment changes what a cached face is.
-pub const FACE_CACHE_VERSION: u32 = 1;
+pub const FACE_CACHE_VERSION: u32 = 2;
 
 /// Which part of the data a sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
