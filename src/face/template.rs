@@ -33,7 +33,7 @@
 //! Measured, not guessed: a logistic regression on the pretrained `faceres`
 //! pooled features of `../shared/data` (same training/validation split as
 //! `sfam train`, same detections, only the template's scale changed) gave
-//! validation AUC ciplab / dfdc / ffhq_stylegan2 0.577 / 0.627 / 0.826 at
+//! validation AUC ciplab / dfdc / `ffhq_stylegan2` 0.577 / 0.627 / 0.826 at
 //! scale 1.4 (this module's first template, with ≥ 30 px of margin),
 //! 0.607 / 0.673 / 0.878 at 1.8 and 0.587 / 0.669 / 0.854 at 2.2
 //! (docs/MODEL.md, "Face pipeline"). A face drawn small throws away the
@@ -68,7 +68,7 @@ pub const TEMPLATE_LANDMARKS: [[f32; 2]; 5] = [
     [80.130_28, 94.253_34],
     [143.557_24, 93.902_52],
     [112.045_36, 130.325_88],
-    [85.988_74, 167.457_90],
+    [85.988_74, 167.457_9],
     [138.513_82, 167.167_38],
 ];
 
