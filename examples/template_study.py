@@ -16,7 +16,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 DOMAINS = ("ciplab", "dfdc", "ffhq_stylegan2")
-PARTS = {"pooled": slice(0, 1024), "patch-mean": slice(1024, 1536), "patch-max": slice(1536, 2048)}
+PARTS = {
+    "pooled": slice(0, 1024),
+    "patch-mean": slice(1024, 1536),
+    "patch-max": slice(1536, 2048),
+    "pooled+mean": slice(0, 1536),
+}
 
 
 def main():
