@@ -32,7 +32,8 @@
 //!
 //! Measured, not guessed: a logistic regression on the pretrained `faceres`
 //! pooled features of `../shared/data` (same training/validation split as
-//! `sfam train`, same detections, only the template's scale changed) gave
+//! `sfam train`, same detections; the study shifts the template up by
+//! 8 px × scale / 1.4, i.e. 10.3 px at 1.8 where this one uses 10) gave
 //! validation AUC ciplab / dfdc / `ffhq_stylegan2` 0.577 / 0.627 / 0.826 at
 //! scale 1.4 (this module's first template, with ≥ 30 px of margin),
 //! 0.607 / 0.673 / 0.878 at 1.8 and 0.587 / 0.669 / 0.854 at 2.2
