@@ -58,6 +58,54 @@ pub const PATCH_BLOCK: usize = 10;
 pub const PATCH_DIM: usize = 512;
 /// Dimension of the pooled descriptor.
 pub const POOLED_DIM: usize = 1024;
+/// Width of the global descriptor the trainer projects into the head: the
+/// pooled descriptor followed by the mean of the patch map.
+pub const GLOBAL_DIM: usize = POOLED_DIM + PATCH_DIM;
+
+/// What `proj_global` reads. Model folders written before the patch map's
+/// mean joined the global token project the pooled descriptor alone; the
+/// width of `proj_global.weight` tells which a folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalInput {
+    /// The 1024-d pooled descriptor.
+    Pooled,
+    /// The pooled descriptor followed by the mean of the 14 × 14 × 512 patch
+    /// map ([`GLOBAL_DIM`] values).
+    PooledAndPatchMean,
+}
+
+impl GlobalInput {
+    /// The kind whose descriptor has `width` values.
+    #[must_use]
+    pub fn from_width(width: usize) -> Option<Self> {
+        match width {
+            POOLED_DIM => Some(Self::Pooled),
+            GLOBAL_DIM => Some(Self::PooledAndPatchMean),
+            _ => None,
+        }
+    }
+
+    /// Number of values of the descriptor.
+    #[must_use]
+    pub fn width(self) -> usize {
+        match self {
+            Self::Pooled => POOLED_DIM,
+            Self::PooledAndPatchMean => GLOBAL_DIM,
+        }
+    }
+
+    /// The descriptor from the patch rows `[B, N, 512]` and the pooled
+    /// descriptor `[B, 1024]`.
+    ///
+    /// # Errors
+    /// A tensor or shape error.
+    pub fn descriptor(self, patch_rows: &Tensor, pooled: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Pooled => Ok(pooled.clone()),
+            Self::PooledAndPatchMean => Tensor::cat(&[pooled, &patch_rows.mean(1)?], 1),
+        }
+    }
+}
 /// Side of the square input the network was trained on.
 pub const INPUT_SIZE: usize = 224;
 /// Stride of the patch map (224 → 14).
@@ -613,14 +661,17 @@ impl FaceRes {
 pub const BACKBONE_FILE: &str = "faceres.safetensors";
 
 /// `faceres` as an SFAM [`Backbone`]: the 14 × 14 × 512 map projected to
-/// the head's dimension gives the patch tokens (`proj_patch`), the pooled
-/// 1024-d descriptor projected likewise the global token (`proj_global`).
-/// Input: raw 0–255 RGB (mean 0, std 1/255 undoes the normalisation).
+/// the head's dimension gives the patch tokens (`proj_patch`), the global
+/// descriptor ([`GlobalInput`]: the pooled 1024-d descriptor and, in folders
+/// written since, the map's mean) projected likewise the global token
+/// (`proj_global`). Input: raw 0–255 RGB (mean 0, std 1/255 undoes the
+/// normalisation).
 #[derive(Debug, Clone)]
 pub struct FaceResBackbone {
     net: FaceRes,
     proj_patch: candle_nn::Linear,
     proj_global: candle_nn::Linear,
+    global_input: GlobalInput,
     dim: usize,
 }
 
@@ -639,14 +690,30 @@ impl FaceResBackbone {
             ))
         };
         let proj_patch = lin("proj_patch", PATCH_DIM)?;
-        let proj_global = lin("proj_global", POOLED_DIM)?;
+        // The width decides what the global token is made of; any other
+        // shape is reported against the current one.
+        let global_input = ws
+            .shape_of("proj_global.weight")
+            .and_then(|s| match s.as_slice() {
+                &[d, w] if d == dim => GlobalInput::from_width(w),
+                _ => None,
+            })
+            .unwrap_or(GlobalInput::PooledAndPatchMean);
+        let proj_global = lin("proj_global", global_input.width())?;
         ws.finish()?;
         Ok(Self {
             net,
             proj_patch,
             proj_global,
+            global_input,
             dim,
         })
+    }
+
+    /// What the global token is made of.
+    #[must_use]
+    pub fn global_input(&self) -> GlobalInput {
+        self.global_input
     }
 
     /// The network under the projections.
@@ -680,8 +747,11 @@ impl super::Backbone for FaceResBackbone {
             .forward_nhwc(pixels)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let (b, h, w, c) = patch.dims4()?;
-        let patches = self.proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
-        let global = self.proj_global.forward(&pooled)?;
+        let rows = patch.reshape((b, h * w, c))?;
+        let patches = self.proj_patch.forward(&rows)?;
+        let global = self
+            .proj_global
+            .forward(&self.global_input.descriptor(&rows, &pooled)?)?;
         Ok(super::BackboneOutput { global, patches })
     }
 }
@@ -792,5 +862,32 @@ mod tests {
                 assert!(d < 1e-5, "stride {stride}, {h}x{wd}: {d}");
             }
         }
+    }
+
+    /// The global descriptor: the pooled values as they are, then the mean
+    /// of the patch rows; the width tells the kind.
+    #[test]
+    fn global_descriptor() {
+        let dev = Device::Cpu;
+        let rows = Tensor::randn(0f32, 1f32, (2, 196, PATCH_DIM), &dev).unwrap();
+        let pooled = Tensor::randn(0f32, 1f32, (2, POOLED_DIM), &dev).unwrap();
+        let old = GlobalInput::Pooled.descriptor(&rows, &pooled).unwrap();
+        assert_eq!(max_diff(&old, &pooled), 0.0);
+        let new = GlobalInput::PooledAndPatchMean
+            .descriptor(&rows, &pooled)
+            .unwrap();
+        assert_eq!(new.dims(), &[2, GLOBAL_DIM]);
+        assert_eq!(max_diff(&new.narrow(1, 0, POOLED_DIM).unwrap(), &pooled), 0.0);
+        let mean = new.narrow(1, POOLED_DIM, PATCH_DIM).unwrap();
+        // Row 1, channel 7, summed by hand.
+        let col: Vec<f32> = rows.get(1).unwrap().narrow(1, 7, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        #[allow(clippy::cast_precision_loss)]
+        let want = col.iter().sum::<f32>() / col.len() as f32;
+        let got: f32 = mean.get(1).unwrap().get(7).unwrap().to_scalar().unwrap();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        for kind in [GlobalInput::Pooled, GlobalInput::PooledAndPatchMean] {
+            assert_eq!(GlobalInput::from_width(kind.width()), Some(kind));
+        }
+        assert_eq!(GlobalInput::from_width(PATCH_DIM), None);
     }
 }

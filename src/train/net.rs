@@ -17,7 +17,7 @@ use rand_distr::{Distribution, Normal};
 use super::TrainError;
 use crate::model::clip::{ClipModel, Towers};
 use crate::model::faceres::{
-    self, BACKBONE_FILE, BLOCKS, FaceRes, PATCH_BLOCK, PATCH_DIM, POOLED_DIM, depthwise_tensor,
+    self, BACKBONE_FILE, BLOCKS, FaceRes, GLOBAL_DIM, GlobalInput, PATCH_BLOCK, PATCH_DIM, depthwise_tensor,
     pointwise_tensor,
 };
 use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
@@ -65,8 +65,9 @@ pub struct Features {
     /// Patch rows `[B, N, C]`: faceres' 512-channel map, or CLIP's
     /// projected patch tokens.
     pub patches: Tensor,
-    /// `[B, P]`: faceres' pooled 1024-d descriptor, or CLIP's projected
-    /// class token.
+    /// `[B, P]`: faceres' global descriptor (pooled 1024-d descriptor and
+    /// the patch map's mean, [`GLOBAL_DIM`]), or CLIP's projected class
+    /// token.
     pub global: Tensor,
 }
 
@@ -232,7 +233,7 @@ impl TrainNet {
                     ))
                 };
                 let proj_patch = lin("proj_patch", PATCH_DIM)?;
-                let proj_global = lin("proj_global", POOLED_DIM)?;
+                let proj_global = lin("proj_global", GLOBAL_DIM)?;
                 config.grid = [
                     faceres::INPUT_SIZE / faceres::PATCH_STRIDE,
                     faceres::INPUT_SIZE / faceres::PATCH_STRIDE,
@@ -355,10 +356,9 @@ impl TrainNet {
             Body::FaceRes { net, .. } => {
                 let (patch, pooled) = net.forward_nhwc(pixels)?;
                 let (b, h, w, c) = patch.dims4()?;
-                Ok(Features {
-                    patches: patch.reshape((b, h * w, c))?,
-                    global: pooled,
-                })
+                let patches = patch.reshape((b, h * w, c))?;
+                let global = GlobalInput::PooledAndPatchMean.descriptor(&patches, &pooled)?;
+                Ok(Features { patches, global })
             }
             Body::Clip { vision, .. } => {
                 let t = vision.encode(pixels)?;
@@ -440,11 +440,13 @@ impl TrainNet {
         }
         let patch = patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
         let (b, h, w, c) = patch.dims4()?;
-        let patches = proj_patch.forward(&patch.reshape((b, h * w, c))?)?;
+        let rows = patch.reshape((b, h * w, c))?;
+        let patches = proj_patch.forward(&rows)?;
         let (b, oh, ow, c) = x.dims4()?;
         let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
+        let global = GlobalInput::PooledAndPatchMean.descriptor(&rows, &pooled)?;
         self.head
-            .forward(&proj_global.forward(&pooled)?, &patches, masks)
+            .forward(&proj_global.forward(&global)?, &patches, masks)
     }
 
     /// Loads the trained variables of a model folder written by
