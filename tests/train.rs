@@ -19,7 +19,10 @@ use sfam_studio::data::scores::read_scores;
 use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::model::SfamModel;
 use sfam_studio::train::augment::AugmentOptions;
-use sfam_studio::train::{BackboneChoice, TrainError, TrainEvent, TrainOptions, train};
+use sfam_studio::train::{
+    BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, TrainError, TrainEvent, TrainNet, TrainOptions,
+    train,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -174,6 +177,38 @@ fn faceres_backbone_finetunes_and_reloads() {
     assert_eq!(diff("pw11.weight"), 0.0);
     assert_eq!(diff("conv1.weight"), 0.0);
     assert!(after.contains_key("proj_patch.weight") && after.contains_key("proj_global.weight"));
+    // The folder holds the projections with the feature standardisation
+    // folded in (scored above); resuming unfolds them: loaded into a
+    // network with the run's standardisation and saved again, they come
+    // back unchanged.
+    let norm = FeatureNorm::load(&out.path().join(FEATURE_NORM_FILE), &Device::Cpu).unwrap();
+    let mut net = TrainNet::new(&o.backbone, o.head_config(), &Device::Cpu, 7).unwrap();
+    net.set_feature_norm(norm);
+    net.load_vars(best).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    net.save(again.path()).unwrap();
+    let resaved =
+        candle_core::safetensors::load(again.path().join("faceres.safetensors"), &Device::Cpu)
+            .unwrap();
+    for k in [
+        "proj_patch.weight",
+        "proj_patch.bias",
+        "proj_global.weight",
+        "proj_global.bias",
+    ] {
+        let scale = after[k]
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = max_abs_diff(&after[k], &resaved[k]);
+        assert!(
+            d <= 1e-5 * scale.max(1.0),
+            "{k}: {d} (values up to {scale})"
+        );
+    }
 }
 
 #[test]

@@ -877,10 +877,21 @@ mod tests {
             .descriptor(&rows, &pooled)
             .unwrap();
         assert_eq!(new.dims(), &[2, GLOBAL_DIM]);
-        assert_eq!(max_diff(&new.narrow(1, 0, POOLED_DIM).unwrap(), &pooled), 0.0);
+        assert_eq!(
+            max_diff(&new.narrow(1, 0, POOLED_DIM).unwrap(), &pooled),
+            0.0
+        );
         let mean = new.narrow(1, POOLED_DIM, PATCH_DIM).unwrap();
         // Row 1, channel 7, summed by hand.
-        let col: Vec<f32> = rows.get(1).unwrap().narrow(1, 7, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let col: Vec<f32> = rows
+            .get(1)
+            .unwrap()
+            .narrow(1, 7, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         #[allow(clippy::cast_precision_loss)]
         let want = col.iter().sum::<f32>() / col.len() as f32;
         let got: f32 = mean.get(1).unwrap().get(7).unwrap().to_scalar().unwrap();

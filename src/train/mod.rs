@@ -37,7 +37,7 @@ use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput};
 use crate::model::preprocess::preprocess_clip;
 use augment::{AugmentOptions, BlendKind, augment, mask_to_grid, mirror_landmarks, self_blend};
 use data::{PreparedFace, RegionCode, Sample, Split};
-pub use net::{BackboneChoice, Features, TrainNet};
+pub use net::{BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, FeatureStats, Features, TrainNet};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,10 @@ impl TrainOptions {
         }
     }
 
-    fn head_config(&self) -> HeadConfig {
+    /// The head configuration these options train (grid and dimension
+    /// are set from the backbone by [`TrainNet::new`]).
+    #[must_use]
+    pub fn head_config(&self) -> HeadConfig {
         HeadConfig {
             format: HEAD_FORMAT.into(),
             version: HEAD_VERSION,
@@ -796,7 +799,27 @@ pub fn train(
         fingerprint: fp.clone(),
     };
     let state_path = ckpt.join("state.json");
-    if opts.resume && state_path.is_file() {
+    let resuming = opts.resume && state_path.is_file();
+    if net.takes_feature_norm() {
+        let norm_path = opts.out.join(FEATURE_NORM_FILE);
+        if resuming {
+            // A run from before the standardisation has no file, and
+            // resumes without it.
+            if norm_path.is_file() {
+                net.set_feature_norm(FeatureNorm::load(&norm_path, &opts.device)?);
+            }
+        } else {
+            let t0 = Instant::now();
+            let norm = feature_norm(&net, &samples, &faces, &train_idx, cancel)?;
+            norm.save(&norm_path)?;
+            net.set_feature_norm(norm);
+            on_event(TrainEvent::Message(format!(
+                "feature standardisation measured in {:.0} s",
+                t0.elapsed().as_secs_f64()
+            )));
+        }
+    }
+    if resuming {
         let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Io {
             path: state_path.clone(),
             message: e.to_string(),
@@ -1085,6 +1108,47 @@ fn finish_epoch(
     write_json(&run.state_path, state)?;
     write_log(&run.opts.out.join("train_log.csv"), &state.log)?;
     Ok(row)
+}
+
+/// Faces [`feature_norm`] measures at most.
+const NORM_FACES: usize = 1024;
+
+/// The standardisation of the pretrained backbone's features: statistics
+/// over up to [`NORM_FACES`] training faces, evenly spaced, as they are.
+fn feature_norm(
+    net: &TrainNet,
+    samples: &[Sample],
+    faces: &[Option<PreparedFace>],
+    train: &[usize],
+    cancel: &AtomicBool,
+) -> Result<FeatureNorm, TrainError> {
+    let input = net.input_size();
+    let grid = net.config().grid[0];
+    let norm = net.normalization();
+    let none = AugmentOptions::none();
+    let step = train.len().div_ceil(NORM_FACES).max(1);
+    let picked: Vec<usize> = train.iter().copied().step_by(step).collect();
+    let mut stats = FeatureStats::default();
+    for chunk in picked.chunks(32) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TrainError::Cancelled);
+        }
+        let pixels: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .filter_map(|&i| {
+                let face = faces[i].as_ref()?;
+                Some(make_item(&samples[i], face, false, &none, 0, grid, input, norm).pixels)
+            })
+            .collect();
+        if pixels.is_empty() {
+            continue;
+        }
+        let n = pixels.len();
+        let all: Vec<f32> = pixels.into_iter().flatten().collect();
+        let t = Tensor::from_vec(all, (n, 3, input, input), net.device())?;
+        stats.add(&net.features(&t)?)?;
+    }
+    Ok(stats.finish(net.device())?)
 }
 
 /// A face's cached backbone features and its targets.

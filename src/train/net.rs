@@ -17,8 +17,8 @@ use rand_distr::{Distribution, Normal};
 use super::TrainError;
 use crate::model::clip::{ClipModel, Towers};
 use crate::model::faceres::{
-    self, BACKBONE_FILE, BLOCKS, FaceRes, GLOBAL_DIM, GlobalInput, PATCH_BLOCK, PATCH_DIM, depthwise_tensor,
-    pointwise_tensor,
+    self, BACKBONE_FILE, BLOCKS, FaceRes, GLOBAL_DIM, GlobalInput, PATCH_BLOCK, PATCH_DIM,
+    depthwise_tensor, pointwise_tensor,
 };
 use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
 use crate::model::sfam::{HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
@@ -71,6 +71,193 @@ pub struct Features {
     pub global: Tensor,
 }
 
+/// Fixed per-channel standardisation of faceres' features before the
+/// projections into the head — the patch channels and the global
+/// descriptor, each to mean 0 and standard deviation 1 over training faces
+/// of the pretrained network — as a logistic regression standardises its
+/// inputs, so that every channel starts on an equal footing under AdamW.
+/// A saved model folder holds it folded into `proj_patch` / `proj_global`
+/// (inference is unchanged); a training run keeps it in
+/// [`FEATURE_NORM_FILE`] to resume.
+#[derive(Debug, Clone)]
+pub struct FeatureNorm {
+    patch_mean: Tensor,
+    patch_inv: Tensor,
+    global_mean: Tensor,
+    global_inv: Tensor,
+}
+
+/// The file of a run folder holding its [`FeatureNorm`].
+pub const FEATURE_NORM_FILE: &str = "feature_norm.safetensors";
+
+/// Running sums for [`FeatureNorm`].
+#[derive(Debug, Default)]
+pub struct FeatureStats {
+    patch: Moments,
+    global: Moments,
+}
+
+#[derive(Debug, Default)]
+struct Moments {
+    n: f64,
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+}
+
+impl Moments {
+    /// Adds the rows of `x` (`[R, C]`).
+    fn add(&mut self, x: &Tensor) -> Result<(), ModelError> {
+        let x = x.to_dtype(DType::F32)?;
+        let (rows, c) = x.dims2()?;
+        let sum: Vec<f32> = x.sum(0)?.to_vec1()?;
+        let sq: Vec<f32> = x.sqr()?.sum(0)?.to_vec1()?;
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; c];
+            self.sq = vec![0.0; c];
+        }
+        if self.sum.len() != c {
+            return Err(ModelError::Input(format!(
+                "feature statistics: {c} channels after {}",
+                self.sum.len()
+            )));
+        }
+        for (a, b) in self.sum.iter_mut().zip(sum) {
+            *a += f64::from(b);
+        }
+        for (a, b) in self.sq.iter_mut().zip(sq) {
+            *a += f64::from(b);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.n += rows as f64;
+        }
+        Ok(())
+    }
+
+    /// Mean and inverse standard deviation (channels that barely vary keep
+    /// their scale: the inverse is capped at 1000).
+    #[allow(clippy::cast_possible_truncation)]
+    fn finish(&self, device: &Device) -> Result<(Tensor, Tensor), ModelError> {
+        if self.n < 2.0 {
+            return Err(ModelError::Input(
+                "feature statistics: fewer than two rows".into(),
+            ));
+        }
+        let mean: Vec<f32> = self.sum.iter().map(|s| (s / self.n) as f32).collect();
+        let inv: Vec<f32> = self
+            .sum
+            .iter()
+            .zip(&self.sq)
+            .map(|(s, q)| {
+                let m = s / self.n;
+                let var = (q / self.n - m * m).max(0.0);
+                (1.0 / var.sqrt().max(1e-3)) as f32
+            })
+            .collect();
+        let c = mean.len();
+        Ok((
+            Tensor::from_vec(mean, c, device)?,
+            Tensor::from_vec(inv, c, device)?,
+        ))
+    }
+}
+
+impl FeatureStats {
+    /// Adds a batch of [`TrainNet::features`].
+    ///
+    /// # Errors
+    /// A tensor or shape error.
+    pub fn add(&mut self, f: &Features) -> Result<(), ModelError> {
+        let (b, n, c) = f.patches.dims3()?;
+        self.patch.add(&f.patches.reshape((b * n, c))?)?;
+        self.global.add(&f.global)
+    }
+
+    /// The standardisation.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when fewer than two faces were added.
+    pub fn finish(&self, device: &Device) -> Result<FeatureNorm, ModelError> {
+        let (patch_mean, patch_inv) = self.patch.finish(device)?;
+        let (global_mean, global_inv) = self.global.finish(device)?;
+        Ok(FeatureNorm {
+            patch_mean,
+            patch_inv,
+            global_mean,
+            global_inv,
+        })
+    }
+}
+
+impl FeatureNorm {
+    /// Writes the statistics (atomically).
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut all = HashMap::new();
+        all.insert("patch.mean".to_owned(), self.patch_mean.clone());
+        all.insert("patch.inv_std".to_owned(), self.patch_inv.clone());
+        all.insert("global.mean".to_owned(), self.global_mean.clone());
+        all.insert("global.inv_std".to_owned(), self.global_inv.clone());
+        save_tensors(path, &all)
+    }
+
+    /// Reads what [`Self::save`] wrote, checking the widths.
+    ///
+    /// # Errors
+    /// [`TrainError::Model`] naming the file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, TrainError> {
+        let ws = Weights::open(path, DType::F32, device)?;
+        let norm = Self {
+            patch_mean: ws.get("patch.mean", &[PATCH_DIM])?,
+            patch_inv: ws.get("patch.inv_std", &[PATCH_DIM])?,
+            global_mean: ws.get("global.mean", &[GLOBAL_DIM])?,
+            global_inv: ws.get("global.inv_std", &[GLOBAL_DIM])?,
+        };
+        ws.finish()?;
+        Ok(norm)
+    }
+
+    fn apply(x: &Tensor, mean: &Tensor, inv: &Tensor) -> candle_core::Result<Tensor> {
+        x.broadcast_sub(mean)?.broadcast_mul(inv)
+    }
+
+    /// The weight and bias that read raw features:
+    /// `W ((x - m) * s) + b = (W * s) x + (b - (W * s) m)`.
+    fn fold(
+        w: &Tensor,
+        b: &Tensor,
+        mean: &Tensor,
+        inv: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let wf = w.broadcast_mul(&inv.unsqueeze(0)?)?;
+        let bf = (b - wf.matmul(&mean.unsqueeze(1)?)?.squeeze(1)?)?;
+        Ok((wf, bf))
+    }
+
+    /// The inverse of [`Self::fold`].
+    fn unfold(
+        wf: &Tensor,
+        bf: &Tensor,
+        mean: &Tensor,
+        inv: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let w = wf.broadcast_div(&inv.unsqueeze(0)?)?;
+        let b = (bf + wf.matmul(&mean.unsqueeze(1)?)?.squeeze(1)?)?;
+        Ok((w, b))
+    }
+
+    /// The statistics for `proj_patch` or `proj_global`.
+    fn of(&self, proj: &str) -> Option<(&Tensor, &Tensor)> {
+        match proj {
+            "proj_patch" => Some((&self.patch_mean, &self.patch_inv)),
+            "proj_global" => Some((&self.global_mean, &self.global_inv)),
+            _ => None,
+        }
+    }
+}
+
 /// The trainable model.
 pub struct TrainNet {
     body: Body,
@@ -79,6 +266,8 @@ pub struct TrainNet {
     head: SfamHead,
     config: HeadConfig,
     device: Device,
+    /// faceres only, once set (see [`FeatureNorm`]).
+    norm: Option<FeatureNorm>,
 }
 
 /// Initial value of a head tensor, by its key.
@@ -282,6 +471,7 @@ impl TrainNet {
             head,
             config,
             device: device.clone(),
+            norm: None,
         })
     }
 
@@ -381,11 +571,14 @@ impl TrainNet {
                 proj_patch,
                 proj_global,
                 ..
-            } => self.head.forward(
-                &proj_global.forward(&f.global)?,
-                &proj_patch.forward(&f.patches)?,
-                masks,
-            ),
+            } => {
+                let (patches, global) = self.standardised(&f.patches, &f.global)?;
+                self.head.forward(
+                    &proj_global.forward(&global)?,
+                    &proj_patch.forward(&patches)?,
+                    masks,
+                )
+            }
             Body::Clip { .. } => self.head.forward(&f.global, &f.patches, masks),
         }
     }
@@ -441,12 +634,70 @@ impl TrainNet {
         let patch = patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
         let (b, h, w, c) = patch.dims4()?;
         let rows = patch.reshape((b, h * w, c))?;
-        let patches = proj_patch.forward(&rows)?;
         let (b, oh, ow, c) = x.dims4()?;
         let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
         let global = GlobalInput::PooledAndPatchMean.descriptor(&rows, &pooled)?;
+        let (rows, global) = self.standardised(&rows, &global)?;
+        let patches = proj_patch.forward(&rows)?;
         self.head
             .forward(&proj_global.forward(&global)?, &patches, masks)
+    }
+
+    /// Whether the backbone's features are standardised before the
+    /// projections (faceres; see [`FeatureNorm`]).
+    #[must_use]
+    pub fn takes_feature_norm(&self) -> bool {
+        matches!(self.body, Body::FaceRes { .. })
+    }
+
+    /// Sets the standardisation of the features, before training starts
+    /// and before [`Self::load_vars`] (which undoes the folding of saved
+    /// projections with it).
+    pub fn set_feature_norm(&mut self, norm: FeatureNorm) {
+        if self.takes_feature_norm() {
+            self.norm = Some(norm);
+        }
+    }
+
+    /// Patch rows and global descriptor, standardised when a
+    /// [`FeatureNorm`] is set.
+    fn standardised(
+        &self,
+        patches: &Tensor,
+        global: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match &self.norm {
+            Some(n) => Ok((
+                FeatureNorm::apply(patches, &n.patch_mean, &n.patch_inv)?,
+                FeatureNorm::apply(global, &n.global_mean, &n.global_inv)?,
+            )),
+            None => Ok((patches.clone(), global.clone())),
+        }
+    }
+
+    /// Rewrites the projections of `tensors` (a backbone file's contents)
+    /// with `f`: folding for saving, unfolding after loading.
+    fn map_projections(
+        &self,
+        tensors: &mut HashMap<String, Tensor>,
+        f: fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    ) -> Result<(), ModelError> {
+        let Some(norm) = &self.norm else {
+            return Ok(());
+        };
+        for proj in ["proj_patch", "proj_global"] {
+            let (Some((mean, inv)), Some(w), Some(b)) = (
+                norm.of(proj),
+                tensors.get(&format!("{proj}.weight")),
+                tensors.get(&format!("{proj}.bias")),
+            ) else {
+                return Err(ModelError::Input(format!("no {proj} to standardise")));
+            };
+            let (w, b) = f(w, b, mean, inv)?;
+            tensors.insert(format!("{proj}.weight"), w);
+            tensors.insert(format!("{proj}.bias"), b);
+        }
+        Ok(())
     }
 
     /// Loads the trained variables of a model folder written by
@@ -468,6 +719,26 @@ impl TrainNet {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
+            if self.norm.is_some() {
+                let mut proj: HashMap<String, Tensor> = var_tensors(&self.backbone_vars)?
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("proj_"))
+                    .collect();
+                self.map_projections(&mut proj, FeatureNorm::unfold)?;
+                let data = self
+                    .backbone_vars
+                    .data()
+                    .lock()
+                    .map_err(|_| TrainError::Io {
+                        path: path.clone(),
+                        message: "variable map poisoned".into(),
+                    })?;
+                for (k, t) in proj {
+                    if let Some(v) = data.get(&k) {
+                        v.set(&t).map_err(ModelError::from)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -491,6 +762,7 @@ impl TrainNet {
         match &self.body {
             Body::FaceRes { frozen, .. } => {
                 let mut all = var_tensors(&self.backbone_vars)?;
+                self.map_projections(&mut all, FeatureNorm::fold)?;
                 all.extend(frozen.iter().map(|(k, v)| (k.clone(), v.clone())));
                 save_tensors(&dir.join(BACKBONE_FILE), &all)?;
             }
