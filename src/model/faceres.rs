@@ -867,6 +867,7 @@ mod tests {
     /// The global descriptor: the pooled values as they are, then the mean
     /// of the patch rows; the width tells the kind.
     #[test]
+    #[allow(clippy::float_cmp)] // copies: exactly equal
     fn global_descriptor() {
         let dev = Device::Cpu;
         let rows = Tensor::randn(0f32, 1f32, (2, 196, PATCH_DIM), &dev).unwrap();

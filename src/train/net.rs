@@ -75,7 +75,7 @@ pub struct Features {
 /// projections into the head — the patch channels and the global
 /// descriptor, each to mean 0 and standard deviation 1 over training faces
 /// of the pretrained network — as a logistic regression standardises its
-/// inputs, so that every channel starts on an equal footing under AdamW.
+/// inputs, so that every channel starts on an equal footing under `AdamW`.
 /// A saved model folder holds it folded into `proj_patch` / `proj_global`
 /// (inference is unchanged); a training run keeps it in
 /// [`FEATURE_NORM_FILE`] to resume.
@@ -86,6 +86,11 @@ pub struct FeatureNorm {
     global_mean: Tensor,
     global_inv: Tensor,
 }
+
+/// [`FeatureNorm::fold`] or [`FeatureNorm::unfold`]: (weight, bias, mean,
+/// inverse standard deviation) → (weight, bias).
+type ProjectionMap =
+    fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>;
 
 /// The file of a run folder holding its [`FeatureNorm`].
 pub const FEATURE_NORM_FILE: &str = "feature_norm.safetensors";
@@ -680,7 +685,7 @@ impl TrainNet {
     fn map_projections(
         &self,
         tensors: &mut HashMap<String, Tensor>,
-        f: fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+        f: ProjectionMap,
     ) -> Result<(), ModelError> {
         let Some(norm) = &self.norm else {
             return Ok(());
