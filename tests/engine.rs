@@ -156,8 +156,12 @@ fn batch_size_and_workers_do_not_change_scores() {
     let a = scores(&run(&one, &items, None).0);
     let b = scores(&run(&eight, &items, None).0);
     assert_eq!(a.len(), 8);
+    // Not bit-identical: the matrix products sum in another order per batch
+    // size, and the bundled model's global projection carries its feature
+    // standardisation folded in (a bias that cancels most of `W x`), which
+    // turns those last-bit differences into ≈ 3e-5 of score here.
     for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
 }
 
