@@ -252,15 +252,6 @@ impl FeatureNorm {
         let b = (bf + wf.matmul(&mean.unsqueeze(1)?)?.squeeze(1)?)?;
         Ok((w, b))
     }
-
-    /// The statistics for `proj_patch` or `proj_global`.
-    fn of(&self, proj: &str) -> Option<(&Tensor, &Tensor)> {
-        match proj {
-            "proj_patch" => Some((&self.patch_mean, &self.patch_inv)),
-            "proj_global" => Some((&self.global_mean, &self.global_inv)),
-            _ => None,
-        }
-    }
 }
 
 /// The trainable model.
@@ -690,9 +681,11 @@ impl TrainNet {
         let Some(norm) = &self.norm else {
             return Ok(());
         };
-        for proj in ["proj_patch", "proj_global"] {
-            let (Some((mean, inv)), Some(w), Some(b)) = (
-                norm.of(proj),
+        for (proj, mean, inv) in [
+            ("proj_patch", &norm.patch_mean, &norm.patch_inv),
+            ("proj_global", &norm.global_mean, &norm.global_inv),
+        ] {
+            let (Some(w), Some(b)) = (
                 tensors.get(&format!("{proj}.weight")),
                 tensors.get(&format!("{proj}.bias")),
             ) else {
