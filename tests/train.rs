@@ -343,3 +343,74 @@ fn probe_stage_then_finetuning() {
     let log = std::fs::read_to_string(out.path().join("train_log.csv")).unwrap();
     assert!(log.contains("\n3,finetune,"), "{log}");
 }
+
+/// With the last 6 blocks trained, the texture statistics of `conv_pw_9`
+/// come from a trained block (the differentiable path): the losses stay
+/// finite, `pw9` moves, and the saved folder re-scores what the trainer
+/// recorded. A folder of the previous format (a 1536-wide `proj_global`:
+/// pooled vector and map mean, no texture statistics) loads and scores as
+/// the same model with the texture columns of `proj_global` zeroed.
+#[test]
+fn texture_blocks_train_and_older_folders_load() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let mut o = options(data.path(), out.path(), faceres(6));
+    o.epochs = 1;
+    let (summary, _) = run(&o);
+    let summary = summary.unwrap();
+    assert!(summary.log.iter().all(|l| l.loss.is_finite()));
+    let best = &summary.best_dir;
+    reload_and_rescore(best);
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let original = load(&faceres_weights());
+    let tuned = load(&best.join("faceres.safetensors"));
+    assert!(max_abs_diff(&original["pw9.weight"], &tuned["pw9.weight"]) > 0.0);
+    assert_eq!(
+        max_abs_diff(&original["pw7.weight"], &tuned["pw7.weight"]),
+        0.0
+    );
+
+    use sfam_studio::model::faceres::{GLOBAL_DIM, PATCH_DIM, POOLED_DIM};
+    let older_width = POOLED_DIM + PATCH_DIM;
+    let w = &tuned["proj_global.weight"];
+    assert_eq!(w.dims()[1], GLOBAL_DIM);
+    let folder = |weight: candle_core::Tensor| {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["sfam_head.json", "sfam_head.safetensors"] {
+            std::fs::copy(best.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut tensors = tuned.clone();
+        tensors.insert("proj_global.weight".into(), weight);
+        candle_core::safetensors::save(&tensors, dir.path().join("faceres.safetensors")).unwrap();
+        dir
+    };
+    let narrow = folder(w.narrow(1, 0, older_width).unwrap());
+    let zeros = candle_core::Tensor::zeros(
+        (w.dims()[0], GLOBAL_DIM - older_width),
+        w.dtype(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let zeroed = folder(
+        candle_core::Tensor::cat(&[&w.narrow(1, 0, older_width).unwrap(), &zeros], 1).unwrap(),
+    );
+    let a = SfamModel::load(narrow.path(), &Device::Cpu).unwrap();
+    let b = SfamModel::load(zeroed.path(), &Device::Cpu).unwrap();
+    let detector = FaceDetector::load_default().unwrap();
+    let mut scored = 0;
+    for entry in std::fs::read_dir(root().join("assets/samples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "jpg") {
+            continue;
+        }
+        let faces = detector.faces_in_image(&path, FaceOptions { tight_crops: true });
+        let face = &faces.aligned[0];
+        let (sa, sb) = (
+            a.inspect_faces(&[face]).unwrap()[0].logit,
+            b.inspect_faces(&[face]).unwrap()[0].logit,
+        );
+        assert!((sa - sb).abs() < 1e-4, "{}: {sa} vs {sb}", path.display());
+        scored += 1;
+    }
+    assert!(scored >= 10);
+}

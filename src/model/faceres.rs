@@ -58,31 +58,43 @@ pub const PATCH_BLOCK: usize = 10;
 pub const PATCH_DIM: usize = 512;
 /// Dimension of the pooled descriptor.
 pub const POOLED_DIM: usize = 1024;
+/// Blocks (0-based: the outputs of `conv_pw_5`, `conv_pw_7`, `conv_pw_9`)
+/// whose per-channel spatial standard deviations — texture statistics of
+/// the middle of the network — join the global descriptor.
+pub const TEXTURE_BLOCKS: [usize; 3] = [4, 6, 8];
+/// Width of the texture statistics (256 + 512 + 512).
+pub const TEXTURE_DIM: usize =
+    BLOCKS[TEXTURE_BLOCKS[0]].1 + BLOCKS[TEXTURE_BLOCKS[1]].1 + BLOCKS[TEXTURE_BLOCKS[2]].1;
 /// Width of the global descriptor the trainer projects into the head: the
-/// pooled descriptor followed by the mean of the patch map.
-pub const GLOBAL_DIM: usize = POOLED_DIM + PATCH_DIM;
+/// pooled descriptor, the mean of the patch map, then the texture
+/// statistics.
+pub const GLOBAL_DIM: usize = POOLED_DIM + PATCH_DIM + TEXTURE_DIM;
+/// Added to the variance before its square root (a dead channel's
+/// statistic stays differentiable).
+const TEXTURE_EPS: f64 = 1e-6;
 
 /// What `proj_global` reads. Model folders written before the patch map's
-/// mean joined the global token project the pooled descriptor alone; the
-/// width of `proj_global.weight` tells which a folder holds.
+/// mean, or before the texture statistics, joined the global token project
+/// less; the width of `proj_global.weight` tells which a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalInput {
     /// The 1024-d pooled descriptor.
     Pooled,
     /// The pooled descriptor followed by the mean of the 14 × 14 × 512 patch
-    /// map ([`GLOBAL_DIM`] values).
+    /// map (1536 values).
     PooledAndPatchMean,
+    /// As [`Self::PooledAndPatchMean`], followed by the texture statistics
+    /// of [`TEXTURE_BLOCKS`] ([`GLOBAL_DIM`] values).
+    WithTexture,
 }
 
 impl GlobalInput {
     /// The kind whose descriptor has `width` values.
     #[must_use]
     pub fn from_width(width: usize) -> Option<Self> {
-        match width {
-            POOLED_DIM => Some(Self::Pooled),
-            GLOBAL_DIM => Some(Self::PooledAndPatchMean),
-            _ => None,
-        }
+        [Self::Pooled, Self::PooledAndPatchMean, Self::WithTexture]
+            .into_iter()
+            .find(|k| k.width() == width)
     }
 
     /// Number of values of the descriptor.
@@ -90,22 +102,51 @@ impl GlobalInput {
     pub fn width(self) -> usize {
         match self {
             Self::Pooled => POOLED_DIM,
-            Self::PooledAndPatchMean => GLOBAL_DIM,
+            Self::PooledAndPatchMean => POOLED_DIM + PATCH_DIM,
+            Self::WithTexture => GLOBAL_DIM,
         }
     }
 
-    /// The descriptor from the patch rows `[B, N, 512]` and the pooled
-    /// descriptor `[B, 1024]`.
+    /// The descriptor of one pass of the network.
     ///
     /// # Errors
     /// A tensor or shape error.
-    pub fn descriptor(self, patch_rows: &Tensor, pooled: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn descriptor(self, out: &FaceResOutput) -> candle_core::Result<Tensor> {
         match self {
-            Self::Pooled => Ok(pooled.clone()),
-            Self::PooledAndPatchMean => Tensor::cat(&[pooled, &patch_rows.mean(1)?], 1),
+            Self::Pooled => Ok(out.pooled.clone()),
+            Self::PooledAndPatchMean => Tensor::cat(&[&out.pooled, &out.patch_rows.mean(1)?], 1),
+            Self::WithTexture => {
+                Tensor::cat(&[&out.pooled, &out.patch_rows.mean(1)?, &out.texture], 1)
+            }
         }
     }
 }
+
+/// One pass of [`FaceRes`], as the SFAM backbone and the trainer read it.
+#[derive(Debug, Clone)]
+pub struct FaceResOutput {
+    /// The patch map as rows, `[B, H·W, 512]` (row-major patches).
+    pub patch_rows: Tensor,
+    /// The pooled descriptor, `[B, 1024]`.
+    pub pooled: Tensor,
+    /// The texture statistics, `[B, TEXTURE_DIM]`.
+    pub texture: Tensor,
+}
+
+/// Per-channel spatial standard deviation of a channels-last map
+/// `[B, H, W, C]` → `[B, C]` (two passes, `sqrt(var + 1e-6)`;
+/// differentiable).
+///
+/// # Errors
+/// A tensor or shape error.
+#[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC)
+pub fn channel_std(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let rows = x.reshape((b, h * w, c))?;
+    let mean = rows.mean_keepdim(1)?;
+    (rows.broadcast_sub(&mean)?.sqr()?.mean(1)? + TEXTURE_EPS)?.sqrt()
+}
+
 /// Side of the square input the network was trained on.
 pub const INPUT_SIZE: usize = 224;
 /// Stride of the patch map (224 → 14).
@@ -516,10 +557,33 @@ impl FaceRes {
     /// # Errors
     /// As [`Self::forward`].
     pub fn forward_nhwc(&self, pixels: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-        let mut x = self.forward_prefix(pixels, 0)?;
+        let out = self.forward_output(pixels)?;
+        let (b, n, c) = out.patch_rows.dims3()?;
+        let (_, _, h, w) = pixels.dims4()?;
+        let (gh, gw) = (h.div_ceil(PATCH_STRIDE), w.div_ceil(PATCH_STRIDE));
+        if gh * gw != n {
+            return Err(ModelError::Input(format!(
+                "faceres: {n} patches for a {h} x {w} input"
+            )));
+        }
+        Ok((out.patch_rows.reshape((b, gh, gw, c))?, out.pooled))
+    }
+
+    /// One pass with everything the SFAM backbone reads: the patch rows, the
+    /// pooled descriptor and the texture statistics of [`TEXTURE_BLOCKS`].
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn forward_output(&self, pixels: &Tensor) -> Result<FaceResOutput, ModelError> {
+        let x = self.forward_prefix(pixels, 0)?;
+        let mut texture = Vec::with_capacity(TEXTURE_BLOCKS.len());
         let mut patch = None;
+        let mut x = x;
         for (k, (dw, pw)) in self.blocks.iter().enumerate() {
             x = pw.forward(&dw.forward(&x)?)?;
+            if TEXTURE_BLOCKS.contains(&k) {
+                texture.push(channel_std(&x)?);
+            }
             if k == PATCH_BLOCK {
                 patch = Some(x.clone());
             }
@@ -527,9 +591,15 @@ impl FaceRes {
         let Some(patch) = patch else {
             return Err(ModelError::Input("faceres: no patch map".into()));
         };
+        let (b, h, w, c) = patch.dims4()?;
+        let patch_rows = patch.reshape((b, h * w, c))?;
         let (b, oh, ow, c) = x.dims4()?;
         let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
-        Ok((patch, pooled))
+        Ok(FaceResOutput {
+            patch_rows,
+            pooled,
+            texture: Tensor::cat(&texture, 1)?,
+        })
     }
 
     /// The stem and the first `blocks` blocks, channels-last (NHWC): the
@@ -571,6 +641,29 @@ impl FaceRes {
         let mut x = x.clone();
         for (dw, pw) in self.blocks.iter().take(to).skip(from) {
             x = pw.forward(&dw.forward(&x)?)?;
+        }
+        Ok(x)
+    }
+
+    /// As [`Self::forward_blocks`], pushing the texture statistics
+    /// ([`channel_std`]) of the blocks of [`TEXTURE_BLOCKS`] it runs onto
+    /// `texture`, in order.
+    ///
+    /// # Errors
+    /// As [`Self::forward_blocks`].
+    pub fn forward_blocks_texture(
+        &self,
+        x: &Tensor,
+        from: usize,
+        to: usize,
+        texture: &mut Vec<Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let mut x = x.clone();
+        for (k, (dw, pw)) in self.blocks.iter().enumerate().take(to).skip(from) {
+            x = pw.forward(&dw.forward(&x)?)?;
+            if TEXTURE_BLOCKS.contains(&k) {
+                texture.push(channel_std(&x)?);
+            }
         }
         Ok(x)
     }
@@ -698,7 +791,7 @@ impl FaceResBackbone {
                 &[d, w] if d == dim => GlobalInput::from_width(w),
                 _ => None,
             })
-            .unwrap_or(GlobalInput::PooledAndPatchMean);
+            .unwrap_or(GlobalInput::WithTexture);
         let proj_global = lin("proj_global", global_input.width())?;
         ws.finish()?;
         Ok(Self {
@@ -742,16 +835,14 @@ impl super::Backbone for FaceResBackbone {
 
     fn encode(&self, pixels: &Tensor) -> candle_core::Result<super::BackboneOutput> {
         use candle_core::Module;
-        let (patch, pooled) = self
+        let out = self
             .net
-            .forward_nhwc(pixels)
+            .forward_output(pixels)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let (b, h, w, c) = patch.dims4()?;
-        let rows = patch.reshape((b, h * w, c))?;
-        let patches = self.proj_patch.forward(&rows)?;
+        let patches = self.proj_patch.forward(&out.patch_rows)?;
         let global = self
             .proj_global
-            .forward(&self.global_input.descriptor(&rows, &pooled)?)?;
+            .forward(&self.global_input.descriptor(&out)?)?;
         Ok(super::BackboneOutput { global, patches })
     }
 }
@@ -865,26 +956,41 @@ mod tests {
     }
 
     /// The global descriptor: the pooled values as they are, then the mean
-    /// of the patch rows; the width tells the kind.
+    /// of the patch rows, then the texture statistics; the width tells the
+    /// kind. The texture statistic is the standard deviation over the map.
     #[test]
     #[allow(clippy::float_cmp)] // copies: exactly equal
     fn global_descriptor() {
         let dev = Device::Cpu;
-        let rows = Tensor::randn(0f32, 1f32, (2, 196, PATCH_DIM), &dev).unwrap();
-        let pooled = Tensor::randn(0f32, 1f32, (2, POOLED_DIM), &dev).unwrap();
-        let old = GlobalInput::Pooled.descriptor(&rows, &pooled).unwrap();
-        assert_eq!(max_diff(&old, &pooled), 0.0);
-        let new = GlobalInput::PooledAndPatchMean
-            .descriptor(&rows, &pooled)
-            .unwrap();
+        let out = FaceResOutput {
+            patch_rows: Tensor::randn(0f32, 1f32, (2, 196, PATCH_DIM), &dev).unwrap(),
+            pooled: Tensor::randn(0f32, 1f32, (2, POOLED_DIM), &dev).unwrap(),
+            texture: Tensor::randn(0f32, 1f32, (2, TEXTURE_DIM), &dev).unwrap(),
+        };
+        let old = GlobalInput::Pooled.descriptor(&out).unwrap();
+        assert_eq!(max_diff(&old, &out.pooled), 0.0);
+        let new = GlobalInput::WithTexture.descriptor(&out).unwrap();
         assert_eq!(new.dims(), &[2, GLOBAL_DIM]);
         assert_eq!(
-            max_diff(&new.narrow(1, 0, POOLED_DIM).unwrap(), &pooled),
+            max_diff(&new.narrow(1, 0, POOLED_DIM).unwrap(), &out.pooled),
+            0.0
+        );
+        assert_eq!(
+            max_diff(
+                &new.narrow(1, POOLED_DIM + PATCH_DIM, TEXTURE_DIM).unwrap(),
+                &out.texture
+            ),
+            0.0
+        );
+        let middle = GlobalInput::PooledAndPatchMean.descriptor(&out).unwrap();
+        assert_eq!(
+            max_diff(&middle, &new.narrow(1, 0, POOLED_DIM + PATCH_DIM).unwrap()),
             0.0
         );
         let mean = new.narrow(1, POOLED_DIM, PATCH_DIM).unwrap();
         // Row 1, channel 7, summed by hand.
-        let col: Vec<f32> = rows
+        let col: Vec<f32> = out
+            .patch_rows
             .get(1)
             .unwrap()
             .narrow(1, 7, 1)
@@ -897,9 +1003,31 @@ mod tests {
         let want = col.iter().sum::<f32>() / col.len() as f32;
         let got: f32 = mean.get(1).unwrap().get(7).unwrap().to_scalar().unwrap();
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-        for kind in [GlobalInput::Pooled, GlobalInput::PooledAndPatchMean] {
+        for kind in [
+            GlobalInput::Pooled,
+            GlobalInput::PooledAndPatchMean,
+            GlobalInput::WithTexture,
+        ] {
             assert_eq!(GlobalInput::from_width(kind.width()), Some(kind));
         }
         assert_eq!(GlobalInput::from_width(PATCH_DIM), None);
+        assert_eq!(TEXTURE_DIM, 1280);
+    }
+
+    /// `channel_std` against a two-pass standard deviation by hand.
+    #[test]
+    fn channel_std_by_hand() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(1f32, 2f32, (2, 3, 5, 4), &dev).unwrap();
+        let got = channel_std(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 4]);
+        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let (b, c) = (1, 2);
+        let vals: Vec<f64> = (0..15).map(|p| f64::from(v[b * 60 + p * 4 + c])).collect();
+        let m = vals.iter().sum::<f64>() / 15.0;
+        let var = vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 15.0;
+        let want = (var + 1e-6).sqrt();
+        let got: f32 = got.get(b).unwrap().get(c).unwrap().to_scalar().unwrap();
+        assert!((f64::from(got) - want).abs() < 1e-5, "{got} vs {want}");
     }
 }

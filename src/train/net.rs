@@ -17,8 +17,8 @@ use rand_distr::{Distribution, Normal};
 use super::TrainError;
 use crate::model::clip::{ClipModel, Towers};
 use crate::model::faceres::{
-    self, BACKBONE_FILE, BLOCKS, FaceRes, GLOBAL_DIM, GlobalInput, PATCH_BLOCK, PATCH_DIM,
-    depthwise_tensor, pointwise_tensor,
+    self, BACKBONE_FILE, BLOCKS, FaceRes, FaceResOutput, GLOBAL_DIM, GlobalInput, PATCH_BLOCK,
+    PATCH_DIM, TEXTURE_BLOCKS, channel_std, depthwise_tensor, pointwise_tensor,
 };
 use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
 use crate::model::sfam::{HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
@@ -65,9 +65,9 @@ pub struct Features {
     /// Patch rows `[B, N, C]`: faceres' 512-channel map, or CLIP's
     /// projected patch tokens.
     pub patches: Tensor,
-    /// `[B, P]`: faceres' global descriptor (pooled 1024-d descriptor and
-    /// the patch map's mean, [`GLOBAL_DIM`]), or CLIP's projected class
-    /// token.
+    /// `[B, P]`: faceres' global descriptor (pooled 1024-d descriptor, the
+    /// patch map's mean and the texture statistics, [`GLOBAL_DIM`]), or
+    /// CLIP's projected class token.
     pub global: Tensor,
 }
 
@@ -540,11 +540,12 @@ impl TrainNet {
     pub fn features(&self, pixels: &Tensor) -> Result<Features, ModelError> {
         match &self.body {
             Body::FaceRes { net, .. } => {
-                let (patch, pooled) = net.forward_nhwc(pixels)?;
-                let (b, h, w, c) = patch.dims4()?;
-                let patches = patch.reshape((b, h * w, c))?;
-                let global = GlobalInput::PooledAndPatchMean.descriptor(&patches, &pooled)?;
-                Ok(Features { patches, global })
+                let out = net.forward_output(pixels)?;
+                let global = GlobalInput::WithTexture.descriptor(&out)?;
+                Ok(Features {
+                    patches: out.patch_rows,
+                    global,
+                })
             }
             Body::Clip { vision, .. } => {
                 let t = vision.encode(pixels)?;
@@ -607,15 +608,18 @@ impl TrainNet {
                 .map(|v| v.as_tensor().clone())
                 .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
         };
-        // The frozen blocks once, taking the patch map on the way when it
-        // comes before the first trained block.
+        // The frozen blocks once (fast kernels), taking the texture
+        // statistics and the patch map on the way when they come before the
+        // first trained block.
+        let mut texture = Vec::with_capacity(TEXTURE_BLOCKS.len());
         let mut patch = None;
+        let stem = net.forward_prefix(pixels, 0)?;
         let mut x = if *first > PATCH_BLOCK {
-            let p = net.forward_prefix(pixels, PATCH_BLOCK + 1)?;
+            let p = net.forward_blocks_texture(&stem, 0, PATCH_BLOCK + 1, &mut texture)?;
             patch = Some(p.clone());
-            net.forward_blocks(&p, PATCH_BLOCK + 1, *first)?
+            net.forward_blocks_texture(&p, PATCH_BLOCK + 1, *first, &mut texture)?
         } else {
-            net.forward_prefix(pixels, *first)?
+            net.forward_blocks_texture(&stem, 0, *first, &mut texture)?
         };
         for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(*first) {
             let n = k + 1;
@@ -623,17 +627,23 @@ impl TrainNet {
             let x1 = depthwise_tensor(&x, &taps, &var(&format!("dw{n}.bias"))?, stride)?;
             let w = var(&format!("pw{n}.weight"))?.reshape((cout, cin))?.t()?;
             x = pointwise_tensor(&x1, &w, &var(&format!("pw{n}.bias"))?)?;
+            if TEXTURE_BLOCKS.contains(&k) {
+                texture.push(channel_std(&x)?);
+            }
             if k == PATCH_BLOCK {
                 patch = Some(x.clone());
             }
         }
         let patch = patch.ok_or_else(|| ModelError::Input("faceres: no patch map".into()))?;
         let (b, h, w, c) = patch.dims4()?;
-        let rows = patch.reshape((b, h * w, c))?;
-        let (b, oh, ow, c) = x.dims4()?;
-        let pooled = x.reshape((b, oh * ow, c))?.mean(D::Minus2)?;
-        let global = GlobalInput::PooledAndPatchMean.descriptor(&rows, &pooled)?;
-        let (rows, global) = self.standardised(&rows, &global)?;
+        let (bo, oh, ow, co) = x.dims4()?;
+        let out = FaceResOutput {
+            patch_rows: patch.reshape((b, h * w, c))?,
+            pooled: x.reshape((bo, oh * ow, co))?.mean(D::Minus2)?,
+            texture: Tensor::cat(&texture, 1)?,
+        };
+        let global = GlobalInput::WithTexture.descriptor(&out)?;
+        let (rows, global) = self.standardised(&out.patch_rows, &global)?;
         let patches = proj_patch.forward(&rows)?;
         self.head
             .forward(&proj_global.forward(&global)?, &patches, masks)
