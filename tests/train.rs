@@ -18,6 +18,7 @@ use candle_core::Device;
 use sfam_studio::data::scores::read_scores;
 use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::model::SfamModel;
+use sfam_studio::model::faceres::{GLOBAL_DIM, PATCH_DIM, POOLED_DIM};
 use sfam_studio::train::augment::AugmentOptions;
 use sfam_studio::train::{
     BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, TrainError, TrainEvent, TrainNet, TrainOptions,
@@ -370,7 +371,6 @@ fn texture_blocks_train_and_older_folders_load() {
         0.0
     );
 
-    use sfam_studio::model::faceres::{GLOBAL_DIM, PATCH_DIM, POOLED_DIM};
     let older_width = POOLED_DIM + PATCH_DIM;
     let w = &tuned["proj_global.weight"];
     assert_eq!(w.dims()[1], GLOBAL_DIM);

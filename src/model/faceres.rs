@@ -556,6 +556,7 @@ impl FaceRes {
     ///
     /// # Errors
     /// As [`Self::forward`].
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), n patches
     pub fn forward_nhwc(&self, pixels: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         let out = self.forward_output(pixels)?;
         let (b, n, c) = out.patch_rows.dims3()?;
@@ -574,11 +575,11 @@ impl FaceRes {
     ///
     /// # Errors
     /// As [`Self::forward`].
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), x
     pub fn forward_output(&self, pixels: &Tensor) -> Result<FaceResOutput, ModelError> {
-        let x = self.forward_prefix(pixels, 0)?;
+        let mut x = self.forward_prefix(pixels, 0)?;
         let mut texture = Vec::with_capacity(TEXTURE_BLOCKS.len());
         let mut patch = None;
-        let mut x = x;
         for (k, (dw, pw)) in self.blocks.iter().enumerate() {
             x = pw.forward(&dw.forward(&x)?)?;
             if TEXTURE_BLOCKS.contains(&k) {
@@ -1016,6 +1017,7 @@ mod tests {
 
     /// `channel_std` against a two-pass standard deviation by hand.
     #[test]
+    #[allow(clippy::many_single_char_names)] // x, v, b, c, m
     fn channel_std_by_hand() {
         let dev = Device::Cpu;
         let x = Tensor::randn(1f32, 2f32, (2, 3, 5, 4), &dev).unwrap();
