@@ -43,6 +43,7 @@ def main():
     blocks = {k: load(d, f"block{k}", n) for k in range(1, 14)}
     pooled = load(d, "pooled", n)
     regions = load(d, "regions11", n)
+    extra = {name: load(d, name, n) for name in ("regions7", "regions9", "regionstd9", "regionstd11")}
 
     def half(x, part):
         h = x.shape[1] // 2
@@ -70,6 +71,17 @@ def main():
     sets["shipped + blocks 5,7,9 std"] = np.hstack(shipped + [half(blocks[k], "std") for k in (5, 7, 9)])
     sets["shipped + blocks 5,7,9 mean+std + regions11"] = np.hstack(
         shipped + [blocks[k] for k in (5, 7, 9)] + [regions])
+    sets["regions9 (9x512)"] = extra["regions9"]
+    sets["regions7 (9x512)"] = extra["regions7"]
+    sets["regionstd11 (9x512)"] = extra["regionstd11"]
+    sets["regionstd9 (9x512)"] = extra["regionstd9"]
+    sets["regions11 + regions9"] = np.hstack([regions, extra["regions9"]])
+    sets["regions11 + regionstd11"] = np.hstack([regions, extra["regionstd11"]])
+    sets["regions11 + regionstd9"] = np.hstack([regions, extra["regionstd9"]])
+    sets["now + regions11"] = np.hstack(
+        shipped + [half(blocks[k], "std") for k in (5, 7, 9)] + [regions])
+    sets["now + regions11 + regions9"] = np.hstack(
+        shipped + [half(blocks[k], "std") for k in (5, 7, 9)] + [regions, extra["regions9"]])
     only = sys.argv[3:] if len(sys.argv) > 3 else None
     print(f"{tr.sum()} training faces, {va.sum()} validation faces, C = {c}")
     print("features | width | AUC " + " / ".join(DOMAINS) + " | mean | Cross-AUC")

@@ -22,6 +22,8 @@
     clippy::many_single_char_names
 )]
 
+mod common;
+
 use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 use sfam_studio::face::align::{invert, similarity, warp};
@@ -29,23 +31,12 @@ use sfam_studio::face::template::ARCFACE_112;
 use sfam_studio::face::{FaceDetector, FaceOptions};
 use sfam_studio::model::faceres::FaceRes;
 use sfam_studio::train::data::collect_samples;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn feats(net: &FaceRes, imgs: &[Vec<u8>]) -> Vec<f32> {
     let mut out = Vec::new();
     for chunk in imgs.chunks(32) {
-        let b = chunk.len();
-        let flat: Vec<f32> = chunk
-            .iter()
-            .flat_map(|v| v.iter().map(|&x| f32::from(x)))
-            .collect();
-        let px = Tensor::from_vec(flat, (b, 224, 224, 3), &Device::Cpu)
-            .unwrap()
-            .permute((0, 3, 1, 2))
-            .unwrap()
-            .contiguous()
-            .unwrap();
+        let px = common::pixels(chunk.iter().map(Vec::as_slice));
         let (patch, pooled) = net.forward_nhwc(&px).unwrap();
         let (b, h, w, c) = patch.dims4().unwrap();
         let p = patch.reshape((b, h * w, c)).unwrap();
@@ -82,19 +73,7 @@ fn main() {
         found.iter().filter(|f| f.is_some()).count(),
         t.elapsed()
     );
-    let mut meta = std::fs::File::create(out.join("meta.csv")).unwrap();
-    writeln!(meta, "dataset,label,split,has_face").unwrap();
-    for (s, f) in samples.iter().zip(&found) {
-        writeln!(
-            meta,
-            "{},{},{:?},{}",
-            s.dataset,
-            s.label,
-            s.split,
-            f.is_some()
-        )
-        .unwrap();
-    }
+    common::write_meta(&out, &samples, found.iter().map(Option::is_some));
     let net = FaceRes::load(
         Path::new("models/faceres/faceres.safetensors"),
         &Device::Cpu,

@@ -1,0 +1,33 @@
+//! Shared by the research examples (`template_study`, `level_study`).
+
+use std::io::Write;
+use std::path::Path;
+
+use sfam_studio::train::data::Sample;
+
+/// Writes `out/meta.csv`: each sample's dataset, label, split and whether a
+/// face was found (`found`, in sample order), the rows of the feature files.
+pub fn write_meta(out: &Path, samples: &[Sample], found: impl Iterator<Item = bool>) {
+    let mut meta = std::fs::File::create(out.join("meta.csv")).unwrap();
+    writeln!(meta, "dataset,label,split,has_face").unwrap();
+    for (s, f) in samples.iter().zip(found) {
+        writeln!(meta, "{},{},{:?},{f}", s.dataset, s.label, s.split).unwrap();
+    }
+}
+
+/// `[B, 3, 224, 224]` raw 0–255 pixels (faceres' input) from aligned
+/// 224 × 224 RGB faces, row-major bytes each.
+pub fn pixels<'a>(faces: impl Iterator<Item = &'a [u8]>) -> candle_core::Tensor {
+    let mut flat = Vec::new();
+    let mut b = 0;
+    for face in faces {
+        flat.extend(face.iter().map(|&x| f32::from(x)));
+        b += 1;
+    }
+    candle_core::Tensor::from_vec(flat, (b, 224, 224, 3), &candle_core::Device::Cpu)
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
