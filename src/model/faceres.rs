@@ -11,8 +11,10 @@
 //! `[0, 6]`.
 //!
 //! Outputs: the stride-16 map after `conv_pw_11` (TF node
-//! `conv_pw_11_relu/clip_by_value`, `[B, 512, 14, 14]` at 224) and the
-//! global average of the last layer (`global_pooling/Mean`, `[B, 1024]`).
+//! `conv_pw_11_relu/clip_by_value`, `[B, 512, 14, 14]` at 224), the
+//! global average of the last layer (`global_pooling/Mean`, `[B, 1024]`)
+//! and, for the SFAM backbone, texture statistics of three middle blocks
+//! ([`FaceRes::forward_output`], [`TEXTURE_BLOCKS`]).
 //!
 //! Tensor layout of the file (PyTorch convention, `f16` where lossless,
 //! else `f32`; loaded as `f32`):
