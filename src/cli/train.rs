@@ -73,6 +73,10 @@ pub struct Args {
     /// Share of self-blended fakes per epoch (0 turns them off).
     #[arg(long, default_value_t = 0.15)]
     pub self_blend: f64,
+    /// Weight of the per-region loss (region logits against the regions
+    /// known to be edited: CIPLAB codes, self-blended fakes; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub region_weight: f64,
     /// Share of source groups held out for validation.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
@@ -111,6 +115,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;
+    opts.region_weight = args.region_weight;
     opts.val_fraction = args.val_fraction;
     opts.seed = args.seed;
     opts.resume = !args.no_resume;
@@ -177,7 +182,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     .map(|(n, a)| format!("{n} {}", a.map_or("-".into(), |a| format!("{a:.3}"))))
                     .collect();
                 say(format!(
-                    "epoch {} ({}) done in {:.0} s: loss {:.4} (bce {:.4}, align {:.4}, balance {:.4}); validation AUC {} (mean {}), Cross-AUC {}",
+                    "epoch {} ({}) done in {:.0} s: loss {:.4} (bce {:.4}, align {:.4}, balance {:.4}, region {:.4}); validation AUC {} (mean {}), Cross-AUC {}",
                     row.epoch,
                     row.stage,
                     row.seconds,
@@ -185,6 +190,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     row.bce,
                     row.align,
                     row.balance,
+                    row.region,
                     aucs.join(", "),
                     row.val_auc_mean.map_or("-".into(), |a| format!("{a:.3}")),
                     row.val_cross_auc.map_or("-".into(), |a| format!("{a:.3}")),

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Label;
 use crate::data::scores::{ScoreFormat, ScoreRecord, write_scores};
-use crate::face::regions::{REGIONS, region_masks};
+use crate::face::regions::{REGIONS, Region, region_masks};
 use crate::metrics::{Evaluation, EvaluationOptions};
 use crate::model::ModelError;
 use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput};
@@ -131,6 +131,10 @@ pub struct TrainOptions {
     pub align_weight: f64,
     /// Weight of the router load-balancing loss.
     pub balance_weight: f64,
+    /// Weight of the per-region loss: the region logits of faces whose
+    /// edited regions are known (CIPLAB codes, self-blended fakes; real
+    /// faces: none) against those regions (0 = off).
+    pub region_weight: f64,
     /// Augmentations.
     pub augment: AugmentOptions,
     /// Random seed (sampling, augmentation, initialisation order).
@@ -162,6 +166,7 @@ impl TrainOptions {
             val_fraction: 0.2,
             align_weight: 0.5,
             balance_weight: 0.01,
+            region_weight: 0.0,
             augment: AugmentOptions::default(),
             seed: 0,
             resume: true,
@@ -209,6 +214,10 @@ pub struct EpochLog {
     pub align: f64,
     /// Mean load-balancing loss.
     pub balance: f64,
+    /// Mean per-region loss (computed whatever its weight; runs written
+    /// before it read 0).
+    #[serde(default)]
+    pub region: f64,
     /// Validation AUC per dataset (`None`: undefined).
     pub val_auc: Vec<(String, Option<f64>)>,
     /// Mean of the defined per-dataset validation AUCs.
@@ -268,7 +277,7 @@ struct State {
 
 fn fingerprint(o: &TrainOptions) -> String {
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|aug={:?}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -282,6 +291,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         o.val_fraction,
         o.align_weight,
         o.balance_weight,
+        o.region_weight,
         o.augment
     )
 }
@@ -359,6 +369,70 @@ struct Meta {
     /// Per-patch prompt index, [`IGNORE`] for none; `None`: no patch
     /// targets (a fake without a mask: multiple-instance loss).
     targets: Option<Vec<u8>>,
+    /// Per region: whether it was edited (1) or not (0), and whether that
+    /// is known (weight 1) or not (0).
+    region_labels: Vec<f32>,
+    region_weights: Vec<f32>,
+}
+
+/// Index of a region in [`REGIONS`] order.
+fn region_index(r: Region) -> usize {
+    REGIONS.iter().position(|&x| x == r).unwrap_or(0)
+}
+
+/// The local regions whose edits are known: eyes, nose, mouth.
+const LOCAL: [Region; 4] = [
+    Region::LeftEye,
+    Region::RightEye,
+    Region::Nose,
+    Region::Mouth,
+];
+
+/// Region labels and weights: `edited` among the local regions (the other
+/// local regions unedited), the rest unknown.
+fn local_region_labels(edited: &[Region]) -> (Vec<f32>, Vec<f32>) {
+    let mut labels = vec![0.0; REGIONS.len()];
+    let mut weights = vec![0.0; REGIONS.len()];
+    for r in LOCAL {
+        weights[region_index(r)] = 1.0;
+    }
+    for &r in edited {
+        labels[region_index(r)] = 1.0;
+    }
+    (labels, weights)
+}
+
+/// Region labels of a face as it is (not self-blended): real faces
+/// unedited everywhere, a fake's CIPLAB code as [`local_region_labels`],
+/// other fakes unknown everywhere.
+fn sample_region_labels(sample: &Sample) -> (Vec<f32>, Vec<f32>) {
+    match (sample.label, sample.region_code) {
+        (Label::Real, _) => (vec![0.0; REGIONS.len()], vec![1.0; REGIONS.len()]),
+        (Label::Fake, Some(code)) => {
+            let edited: Vec<Region> = [
+                (code.left_eye, Region::LeftEye),
+                (code.right_eye, Region::RightEye),
+                (code.nose, Region::Nose),
+                (code.mouth, Region::Mouth),
+            ]
+            .into_iter()
+            .filter_map(|(on, r)| on.then_some(r))
+            .collect();
+            local_region_labels(&edited)
+        }
+        (Label::Fake, None) => (vec![0.0; REGIONS.len()], vec![0.0; REGIONS.len()]),
+    }
+}
+
+/// Region labels of a mirrored face: left and right regions trade places.
+fn mirror_region_labels(labels: &mut (Vec<f32>, Vec<f32>)) {
+    for (a, b) in [
+        (Region::LeftEye, Region::RightEye),
+        (Region::LeftCheek, Region::RightCheek),
+    ] {
+        labels.0.swap(region_index(a), region_index(b));
+        labels.1.swap(region_index(a), region_index(b));
+    }
 }
 
 /// One face ready for the network.
@@ -411,8 +485,12 @@ fn make_item(
             })
             .collect()
     };
-    let (label, mut targets) = if self_blended {
+    let (label, mut targets, mut region_labels) = if self_blended {
         let sb = self_blend(&img, &lm, &mut rng);
+        let edited = match sb.kind {
+            BlendKind::Face => LOCAL.to_vec(),
+            BlendKind::Region(r) => vec![r],
+        };
         let g = mask_to_grid(&sb.mask, img.width(), img.height(), grid);
         let t = g
             .iter()
@@ -429,12 +507,13 @@ fn make_item(
             })
             .collect();
         img = sb.image;
-        (1.0, Some(t))
+        (1.0, Some(t), local_region_labels(&edited))
     } else {
+        let regions = sample_region_labels(sample);
         match (sample.label, sample.region_code) {
-            (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n])),
-            (Label::Fake, Some(code)) => (1.0, Some(region_targets(code, &lm))),
-            (Label::Fake, None) => (1.0, None),
+            (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n]), regions),
+            (Label::Fake, Some(code)) => (1.0, Some(region_targets(code, &lm)), regions),
+            (Label::Fake, None) => (1.0, None, regions),
         }
     };
     if augment(&mut img, aug, &mut rng) {
@@ -444,6 +523,7 @@ fn make_item(
                 row.reverse();
             }
         }
+        mirror_region_labels(&mut region_labels);
     }
     let masks: Vec<f32> = region_masks(&lm, size, grid)
         .into_iter()
@@ -455,6 +535,8 @@ fn make_item(
             masks,
             label,
             targets,
+            region_labels: region_labels.0,
+            region_weights: region_labels.1,
         },
     }
 }
@@ -467,6 +549,8 @@ struct Targets {
     weights: Tensor,
     supervised: Tensor,
     mil: Tensor,
+    region_labels: Tensor,
+    region_weights: Tensor,
 }
 
 /// The pixels of a batch, `[B, 3, input, input]`.
@@ -506,7 +590,17 @@ fn stack_targets(
             None => mil[k] = 1.0,
         }
     }
+    let region_labels: Vec<f32> = metas
+        .iter()
+        .flat_map(|m| m.region_labels.iter().copied())
+        .collect();
+    let region_weights: Vec<f32> = metas
+        .iter()
+        .flat_map(|m| m.region_weights.iter().copied())
+        .collect();
     Ok(Targets {
+        region_labels: Tensor::from_vec(region_labels, (b, regions), dev)?,
+        region_weights: Tensor::from_vec(region_weights, (b, regions), dev)?,
         masks: Tensor::from_vec(masks, (b, regions, n), dev)?,
         labels: Tensor::from_vec(labels, b, dev)?,
         onehot: Tensor::from_vec(onehot, (b, n, prompts), dev)?,
@@ -516,12 +610,23 @@ fn stack_targets(
     })
 }
 
+/// Stable binary cross-entropy with logits, element-wise.
+fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? - (x * y)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}
+
+/// The per-region loss of a batch: binary cross-entropy of the region
+/// logits against the known region labels, averaged over the known ones.
+fn region_loss(out: &HeadOutput, batch: &Targets) -> candle_core::Result<Tensor> {
+    let per = bce_with_logits(&out.region_logits, &batch.region_labels)?;
+    let known = batch.region_weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    (per * &batch.region_weights)?.sum_all()? / f64::from(known)
+}
+
 /// The three losses of a batch: (cross-entropy, alignment, load balance).
 fn losses(out: &HeadOutput, batch: &Targets) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    // Stable binary cross-entropy with logits.
     let x = &out.logit;
-    let bce = (x.relu()? - (x * &batch.labels)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?
-        .mean_all()?;
+    let bce = bce_with_logits(x, &batch.labels)?.mean_all()?;
     // Supervised patch targets.
     let logp = candle_nn::ops::log_softmax(&out.alignment_logits, D::Minus1)?;
     let ce = (&batch.onehot * &logp)?.sum(D::Minus1)?.neg()?; // [B, N]
@@ -676,7 +781,7 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
         .map(|l| l.val_auc.iter().map(|(n, _)| n.clone()).collect())
         .unwrap_or_default();
     crate::data::atomic::write_atomic(path, |w| {
-        write!(w, "epoch,stage,seconds,loss,bce,align,balance")?;
+        write!(w, "epoch,stage,seconds,loss,bce,align,balance,region")?;
         for n in &names {
             write!(w, ",val_auc_{n}")?;
         }
@@ -685,8 +790,8 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
         for l in log {
             write!(
                 w,
-                "{},{},{:.1},{:.4},{:.4},{:.4},{:.4}",
-                l.epoch, l.stage, l.seconds, l.loss, l.bce, l.align, l.balance
+                "{},{},{:.1},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                l.epoch, l.stage, l.seconds, l.loss, l.bce, l.align, l.balance, l.region
             )?;
             for (_, a) in &l.val_auc {
                 write!(w, ",{}", f(*a))?;
@@ -1017,6 +1122,7 @@ struct LossSums {
     bce: f64,
     align: f64,
     balance: f64,
+    region: f64,
     /// The last step's total loss.
     last: f64,
 }
@@ -1031,7 +1137,11 @@ fn step_losses(
     sums: &mut LossSums,
 ) -> Result<Tensor, TrainError> {
     let (bce, align, bal) = losses(out, targets)?;
-    let loss = ((&bce + (&align * opts.align_weight)?)? + (&bal * opts.balance_weight)?)?;
+    let region = region_loss(out, targets)?;
+    let mut loss = ((&bce + (&align * opts.align_weight)?)? + (&bal * opts.balance_weight)?)?;
+    if opts.region_weight > 0.0 {
+        loss = (loss + (&region * opts.region_weight)?)?;
+    }
     let l = scalar(&loss)?;
     if !l.is_finite() {
         return Err(TrainError::Options(format!(
@@ -1044,6 +1154,7 @@ fn step_losses(
     sums.bce += scalar(&bce)?;
     sums.align += scalar(&align)?;
     sums.balance += scalar(&bal)?;
+    sums.region += scalar(&region)?;
     Ok(loss)
 }
 
@@ -1086,6 +1197,7 @@ fn finish_epoch(
         bce: sums.bce / n,
         align: sums.align / n,
         balance: sums.balance / n,
+        region: sums.region / n,
         val_auc,
         val_auc_mean,
         val_cross_auc: eval.cross_auc.summary.mean_off_diagonal,
@@ -1335,5 +1447,71 @@ mod tests {
         assert!((lr_at(49, 1000, peak) - peak).abs() < 1e-9);
         assert!(lr_at(999, 1000, peak) < 0.1 * peak);
         assert!(lr_at(999, 1000, peak) >= 0.05 * peak - 1e-12);
+    }
+
+    /// Region labels: a CIPLAB fake's code marks its edited local regions
+    /// (the other local regions unedited, the rest unknown) and a flip swaps
+    /// left and right; real faces are unedited everywhere; other fakes are
+    /// unknown everywhere; a self-blended fake marks what was blended.
+    #[test]
+    #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
+    fn region_labels_follow_codes_flips_and_blends() {
+        use crate::face::template::TEMPLATE_LANDMARKS;
+        let face = PreparedFace {
+            image: image::RgbImage::from_pixel(224, 224, image::Rgb([120, 100, 90])),
+            landmarks: TEMPLATE_LANDMARKS,
+            precropped: false,
+        };
+        let sample = |label, code: Option<&str>| Sample {
+            path: PathBuf::from(code.map_or("x.jpg".into(), |c| format!("mid_1_{c}.jpg"))),
+            dataset: "ciplab".into(),
+            label,
+            group: "g".into(),
+            split: Split::Train,
+            region_code: code
+                .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
+        };
+        let item = |s: &Sample, blend: bool, flip: f64| {
+            let aug = AugmentOptions {
+                flip,
+                ..AugmentOptions::none()
+            };
+            make_item(s, &face, blend, &aug, 3, 14, 224, ([0.0; 3], [1.0; 3])).meta
+        };
+        // Edited: left eye and mouth (1001).
+        let edited = sample(Label::Fake, Some("1001"));
+        assert!(edited.region_code.is_some());
+        let m = item(&edited, false, 0.0);
+        assert_eq!(&m.region_labels[..4], &[1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(&m.region_weights[..4], &[1.0; 4]);
+        assert!(m.region_weights[4..].iter().all(|&w| w == 0.0));
+        let m = item(&edited, false, 1.0);
+        assert_eq!(&m.region_labels[..4], &[0.0, 1.0, 0.0, 1.0]);
+        let real = item(&sample(Label::Real, None), false, 0.0);
+        assert!(real.region_labels.iter().all(|&v| v == 0.0));
+        assert!(real.region_weights.iter().all(|&w| w == 1.0));
+        let other = item(&sample(Label::Fake, None), false, 0.0);
+        assert!(other.region_weights.iter().all(|&w| w == 0.0));
+        // Self-blended from a real face: some local region(s) edited, and
+        // only local regions known.
+        for seed in 0..8 {
+            let aug = AugmentOptions::none();
+            let m = make_item(
+                &sample(Label::Real, None),
+                &face,
+                true,
+                &aug,
+                seed,
+                14,
+                224,
+                ([0.0; 3], [1.0; 3]),
+            )
+            .meta;
+            assert!((m.label - 1.0).abs() < f32::EPSILON);
+            let edited: f32 = m.region_labels.iter().sum();
+            assert!(edited == 1.0 || edited == 4.0, "{:?}", m.region_labels);
+            assert_eq!(&m.region_weights[..4], &[1.0; 4]);
+            assert!(m.region_weights[4..].iter().all(|&w| w == 0.0));
+        }
     }
 }
