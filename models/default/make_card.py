@@ -5,7 +5,7 @@ Run by hand after training (the Rust tests never run Python):
     python3 models/default/make_card.py RUN_DIR
 
 It reads RUN_DIR/train_log.csv and RUN_DIR/checkpoint/state.json (the best
-epoch) and evaluates RUN_DIR/best/val_scores.csv with `sfam cross-auc
+epoch; without it, the first epoch of highest mean validation AUC in the log) and evaluates RUN_DIR/best/val_scores.csv with `sfam cross-auc
 --format json` (the release binary, or $SFAM_BIN), so every figure of the
 card comes from the run's own files. tests/default_model.rs checks that the
 engine, scoring models/default/val_split.csv, reproduces them.
@@ -20,9 +20,14 @@ from pathlib import Path
 
 run = Path(sys.argv[1])
 root = Path(__file__).resolve().parents[2]
-state = json.loads((run / "checkpoint" / "state.json").read_text())
-best = state["best_epoch"]
 log = list(csv.DictReader(open(run / "train_log.csv")))
+state_file = run / "checkpoint" / "state.json"
+if state_file.exists():
+    best = json.loads(state_file.read_text())["best_epoch"]
+else:
+    # A run whose checkpoint stayed elsewhere (a lent GPU machine): the trainer's
+    # own rule, the first epoch with the highest mean validation AUC.
+    best = int(max(log, key=lambda r: (float(r["val_auc_mean"]), -int(r["epoch"])))["epoch"])
 ev = json.loads(
     subprocess.run(
         [os.environ.get("SFAM_BIN", str(root / "target/release/sfam")), "cross-auc", str(run / "best/val_scores.csv"), "--format", "json"],
