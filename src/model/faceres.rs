@@ -33,6 +33,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 use rayon::prelude::*;
 
+use super::dwconv::depthwise3x3;
 use super::{ModelError, Weights};
 
 /// Channels of the first convolution.
@@ -313,50 +314,20 @@ impl Depthwise {
 }
 
 /// A 3 × 3 depthwise convolution with TF "SAME" padding, plus bias and
-/// relu6, on an NHWC tensor, with tensor operations only (nine shifted
-/// windows): any device, and differentiable (training uses it).
-/// `taps`: `[9, C]`, row-major over the 3 × 3 window; `bias`: `[C]`.
+/// relu6, on an NHWC tensor, differentiable (training uses it): on the CPU
+/// a custom op with its own backward, elsewhere nine shifted windows
+/// ([`super::dwconv`]). `taps`: `[9, C]`, row-major over the 3 × 3
+/// window; `bias`: `[C]`.
 ///
 /// # Errors
 /// A tensor error (wrong shapes).
-#[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
 pub fn depthwise_tensor(
     x: &Tensor,
     taps: &Tensor,
     bias: &Tensor,
     s: usize,
 ) -> candle_core::Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
-    let (pt, pb) = same_pads(h, 3, s);
-    let (pl, pr) = same_pads(w, 3, s);
-    // With stride 2 each tap takes 2*out rows from its offset and keeps
-    // the even ones, so pad far enough for the last tap (the extra zero
-    // rows beyond TF's padding are never selected).
-    let pb = pb.max((2 + s * oh).saturating_sub(h + pt));
-    let pr = pr.max((2 + s * ow).saturating_sub(w + pl));
-    let xp = x.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
-    let mut acc: Option<Tensor> = None;
-    for t in 0..9 {
-        let (i, j) = (t / 3, t % 3);
-        let mut win = xp.narrow(1, i, s * oh)?.narrow(2, j, s * ow)?;
-        if s > 1 {
-            win = win
-                .reshape((b, oh, s, ow, s, c))?
-                .narrow(2, 0, 1)?
-                .narrow(4, 0, 1)?
-                .reshape((b, oh, ow, c))?;
-        }
-        let term = win.broadcast_mul(&taps.get(t)?)?;
-        acc = Some(match acc {
-            None => term,
-            Some(a) => (a + term)?,
-        });
-    }
-    let Some(acc) = acc else {
-        candle_core::bail!("depthwise convolution without taps")
-    };
-    relu6(&acc.broadcast_add(bias)?)
+    relu6(&depthwise3x3(x, taps, s)?.broadcast_add(bias)?)
 }
 
 /// A 1 × 1 convolution plus bias and relu6 on an NHWC tensor, with tensor

@@ -25,6 +25,7 @@ pub mod bf16;
 pub mod clip;
 pub mod config;
 pub mod device;
+pub mod dwconv;
 pub mod faceres;
 pub mod heads;
 #[cfg(feature = "hub")]

@@ -1,0 +1,395 @@
+//! faceres' 3 × 3 depthwise convolution (TF "SAME" padding, stride 1 or 2,
+//! NHWC, no bias) as a candle custom op with a hand-written backward, so
+//! that fine-tuning faceres blocks on the CPU does not pay for autograd
+//! through nine shifted windows (measured with `examples/dw_probe.rs`:
+//! the windows' backward took 25 times their forward). Other devices and
+//! dtypes take the windows ([`depthwise_windows`]), which any backend
+//! differentiates.
+//!
+//! The CPU kernels add the taps in the windows' order (row-major over the
+//! 3 × 3 window), so the forward pass gives the same values as the
+//! windows; the gradients sum in a fixed order too (no dependence on the
+//! thread count), which keeps training deterministic.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use super::faceres::same_pads;
+
+/// `x` `[B, H, W, C]` convolved with `taps` `[9, C]` (row-major over the
+/// 3 × 3 window), stride `stride`, TF "SAME" padding: `[B, ⌈H/s⌉, ⌈W/s⌉, C]`.
+/// Differentiable with respect to both.
+///
+/// # Errors
+/// A tensor error (wrong shapes).
+pub fn depthwise3x3(x: &Tensor, taps: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && taps.dtype() == DType::F32 {
+        let (_, h, w, _) = x.dims4()?;
+        x.contiguous()?
+            .apply_op2(&taps.contiguous()?, DwForward { stride, h, w })
+    } else {
+        depthwise_windows(x, taps, stride)
+    }
+}
+
+/// The same with tensor operations only (nine shifted windows): any
+/// device, differentiated by candle.
+///
+/// # Errors
+/// A tensor error (wrong shapes).
+#[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), s (stride), i, j (taps)
+pub fn depthwise_windows(x: &Tensor, taps: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+    let (pt, pb) = same_pads(h, 3, s);
+    let (pl, pr) = same_pads(w, 3, s);
+    // With stride 2 each tap takes 2*out rows from its offset and keeps
+    // the even ones, so pad far enough for the last tap (the extra zero
+    // rows beyond TF's padding are never selected).
+    let pb = pb.max((2 + s * oh).saturating_sub(h + pt));
+    let pr = pr.max((2 + s * ow).saturating_sub(w + pl));
+    let xp = x.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
+    let mut acc: Option<Tensor> = None;
+    for t in 0..9 {
+        let (i, j) = (t / 3, t % 3);
+        let mut win = xp.narrow(1, i, s * oh)?.narrow(2, j, s * ow)?;
+        if s > 1 {
+            win = win
+                .reshape((b, oh, s, ow, s, c))?
+                .narrow(2, 0, 1)?
+                .narrow(4, 0, 1)?
+                .reshape((b, oh, ow, c))?;
+        }
+        let term = win.broadcast_mul(&taps.get(t)?)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    match acc {
+        Some(acc) => Ok(acc),
+        None => bail!("depthwise convolution without taps"),
+    }
+}
+
+/// The convolution's geometry: input `h × w`, output `oh × ow`, stride,
+/// and the top/left padding.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    s: usize,
+    pt: usize,
+    pl: usize,
+}
+
+impl Geometry {
+    fn new(h: usize, w: usize, s: usize) -> candle_core::Result<Self> {
+        if s == 0 || h == 0 || w == 0 {
+            bail!("depthwise convolution: stride {s}, input {h}x{w}");
+        }
+        Ok(Self {
+            h,
+            w,
+            oh: h.div_ceil(s),
+            ow: w.div_ceil(s),
+            s,
+            pt: same_pads(h, 3, s).0,
+            pl: same_pads(w, 3, s).0,
+        })
+    }
+
+    /// Calls `f(tap, input pixel, output pixel)` for every tap of every
+    /// output pixel that reads inside the input, in the windows' order.
+    fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        for i in 0..self.oh {
+            for j in 0..self.ow {
+                let out = i * self.ow + j;
+                for di in 0..3 {
+                    let Some(y) = (self.s * i + di).checked_sub(self.pt) else {
+                        continue;
+                    };
+                    if y >= self.h {
+                        continue;
+                    }
+                    for dj in 0..3 {
+                        let Some(x) = (self.s * j + dj).checked_sub(self.pl) else {
+                            continue;
+                        };
+                        if x >= self.w {
+                            continue;
+                        }
+                        f(di * 3 + dj, y * self.w + x, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The values of a contiguous `f32` CPU tensor.
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(all) = storage else {
+        bail!("depthwise convolution: f32 expected")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&all[start..end]),
+        None => bail!("depthwise convolution: contiguous input expected"),
+    }
+}
+
+/// `y[n, out] += a[n, from] * k` over the channels.
+fn mul_add(y: &mut [f32], a: &[f32], k: &[f32]) {
+    for ((y, &a), &k) in y.iter_mut().zip(a).zip(k) {
+        *y += a * k;
+    }
+}
+
+/// Forward: `(x [B,H,W,C], taps [9,C]) -> [B,OH,OW,C]`.
+struct DwForward {
+    stride: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for DwForward {
+    fn name(&self) -> &'static str {
+        "faceres-depthwise3x3"
+    }
+
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), g (geometry)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = l1.shape().dims4()?;
+        if (h, w) != (self.h, self.w) || l2.shape().dims() != [9, c] {
+            bail!(
+                "depthwise convolution: input {:?}, taps {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let g = Geometry::new(h, w, self.stride)?;
+        let (x, taps) = (values(s1, l1)?, values(s2, l2)?);
+        let mut out = vec![0f32; b * g.oh * g.ow * c];
+        out.par_chunks_mut(g.oh * g.ow * c)
+            .zip(x.par_chunks(h * w * c))
+            .for_each(|(out, x)| {
+                g.for_each(|t, from, to| {
+                    mul_add(
+                        &mut out[to * c..(to + 1) * c],
+                        &x[from * c..(from + 1) * c],
+                        &taps[t * c..(t + 1) * c],
+                    );
+                });
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, g.oh, g.ow, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        taps: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = grad.apply_op2_no_bwd(
+            &taps.contiguous()?,
+            &DwGradInput {
+                stride: self.stride,
+                h: self.h,
+                w: self.w,
+            },
+        )?;
+        let gt = x.contiguous()?.apply_op2_no_bwd(
+            &grad,
+            &DwGradTaps {
+                stride: self.stride,
+            },
+        )?;
+        Ok((Some(gx), Some(gt)))
+    }
+}
+
+/// Gradient for the input: `(grad [B,OH,OW,C], taps [9,C]) -> [B,H,W,C]`.
+struct DwGradInput {
+    stride: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for DwGradInput {
+    fn name(&self) -> &'static str {
+        "faceres-depthwise3x3-grad-input"
+    }
+
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), g (geometry)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, oh, ow, c) = l1.shape().dims4()?;
+        let g = Geometry::new(self.h, self.w, self.stride)?;
+        if (oh, ow) != (g.oh, g.ow) || l2.shape().dims() != [9, c] {
+            bail!(
+                "depthwise gradient: grad {:?}, taps {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let (grad, taps) = (values(s1, l1)?, values(s2, l2)?);
+        let mut gx = vec![0f32; b * g.h * g.w * c];
+        gx.par_chunks_mut(g.h * g.w * c)
+            .zip(grad.par_chunks(oh * ow * c))
+            .for_each(|(gx, grad)| {
+                g.for_each(|t, to, from| {
+                    mul_add(
+                        &mut gx[to * c..(to + 1) * c],
+                        &grad[from * c..(from + 1) * c],
+                        &taps[t * c..(t + 1) * c],
+                    );
+                });
+            });
+        Ok((CpuStorage::F32(gx), Shape::from((b, g.h, g.w, c))))
+    }
+}
+
+/// Gradient for the taps: `(x [B,H,W,C], grad [B,OH,OW,C]) -> [9,C]`.
+struct DwGradTaps {
+    stride: usize,
+}
+
+impl CustomOp2 for DwGradTaps {
+    fn name(&self) -> &'static str {
+        "faceres-depthwise3x3-grad-taps"
+    }
+
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), g (geometry)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = l1.shape().dims4()?;
+        let g = Geometry::new(h, w, self.stride)?;
+        if l2.shape().dims() != [b, g.oh, g.ow, c] {
+            bail!(
+                "depthwise gradient: input {:?}, grad {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let (x, grad) = (values(s1, l1)?, values(s2, l2)?);
+        // One partial sum per face, added up in face order afterwards: the
+        // result does not depend on how rayon splits the batch.
+        let partial: Vec<Vec<f32>> = x
+            .par_chunks(h * w * c)
+            .zip(grad.par_chunks(g.oh * g.ow * c))
+            .map(|(x, grad)| {
+                let mut acc = vec![0f32; 9 * c];
+                g.for_each(|t, from, to| {
+                    mul_add(
+                        &mut acc[t * c..(t + 1) * c],
+                        &x[from * c..(from + 1) * c],
+                        &grad[to * c..(to + 1) * c],
+                    );
+                });
+                acc
+            })
+            .collect();
+        let mut gt = vec![0f32; 9 * c];
+        for p in &partial {
+            for (a, &v) in gt.iter_mut().zip(p) {
+                *a += v;
+            }
+        }
+        Ok((CpuStorage::F32(gt), Shape::from((9, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The custom op and the windows agree on the values and on both
+    /// gradients, for both strides and even and odd sizes.
+    #[test]
+    #[allow(clippy::many_single_char_names)] // c, h, w (NHWC), a, b (the two paths)
+    fn custom_op_matches_the_windows_and_their_gradients() {
+        let dev = Device::Cpu;
+        let c = 6;
+        for stride in [1, 2] {
+            for (h, w) in [(8, 8), (7, 9), (1, 2), (14, 14)] {
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (3, h, w, c), &dev).unwrap())
+                    .unwrap();
+                let taps =
+                    Var::from_tensor(&Tensor::randn(0f32, 1f32, (9, c), &dev).unwrap()).unwrap();
+                // A loss that weighs every output differently.
+                let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+                let weight = Tensor::randn(0f32, 1f32, (3, oh, ow, c), &dev).unwrap();
+                let a = depthwise3x3(x.as_tensor(), taps.as_tensor(), stride).unwrap();
+                let b = depthwise_windows(x.as_tensor(), taps.as_tensor(), stride).unwrap();
+                assert_eq!(a.dims(), &[3, oh, ow, c]);
+                let d = max_diff(&a, &b);
+                assert!(d <= 0.0, "values, stride {stride}, {h}x{w}: {d}");
+                let ga = (a * &weight)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gb = (b * &weight)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, v) in [("input", &x), ("taps", &taps)] {
+                    let (ga, gb) = (
+                        ga.get(v.as_tensor()).unwrap(),
+                        gb.get(v.as_tensor()).unwrap(),
+                    );
+                    let scale = gb.abs().unwrap().max_keepdim(0).unwrap().max_all().unwrap();
+                    let d = max_diff(ga, gb) / scale.to_scalar::<f32>().unwrap().max(1.0);
+                    assert!(d < 1e-5, "{name} gradient, stride {stride}, {h}x{w}: {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 4, 4, 3), DType::F32, &dev).unwrap();
+        let taps = Tensor::zeros((9, 4), DType::F32, &dev).unwrap();
+        assert!(depthwise3x3(&x, &taps, 1).is_err());
+        let taps = Tensor::zeros((9, 3), DType::F32, &dev).unwrap();
+        assert!(depthwise3x3(&x, &taps, 0).is_err());
+    }
+}
