@@ -129,6 +129,37 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// Face by face, in parallel: `dst[p] += src[q] * taps[t]` over every
+    /// tap pair — `forward`: `q` an input pixel and `p` the output pixel
+    /// it feeds (the convolution); else the other way round (its gradient
+    /// for the input).
+    fn spread(&self, dst: &mut [f32], src: &[f32], taps: &[f32], c: usize, forward: bool) {
+        let (inputs, outputs) = (self.h * self.w * c, self.oh * self.ow * c);
+        let (dst_face, src_face) = if forward {
+            (outputs, inputs)
+        } else {
+            (inputs, outputs)
+        };
+        dst.par_chunks_mut(dst_face)
+            .zip(src.par_chunks(src_face))
+            .for_each(|(dst, src)| {
+                self.for_each(|t, input, output| {
+                    let (to, from) = if forward {
+                        (output, input)
+                    } else {
+                        (input, output)
+                    };
+                    mul_add(
+                        &mut dst[to * c..(to + 1) * c],
+                        &src[from * c..(from + 1) * c],
+                        &taps[t * c..(t + 1) * c],
+                    );
+                });
+            });
+    }
+}
+
 /// The values of a contiguous `f32` CPU tensor.
 fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(all) = storage else {
@@ -178,17 +209,7 @@ impl CustomOp2 for DwForward {
         let g = Geometry::new(h, w, self.stride)?;
         let (x, taps) = (values(s1, l1)?, values(s2, l2)?);
         let mut out = vec![0f32; b * g.oh * g.ow * c];
-        out.par_chunks_mut(g.oh * g.ow * c)
-            .zip(x.par_chunks(h * w * c))
-            .for_each(|(out, x)| {
-                g.for_each(|t, from, to| {
-                    mul_add(
-                        &mut out[to * c..(to + 1) * c],
-                        &x[from * c..(from + 1) * c],
-                        &taps[t * c..(t + 1) * c],
-                    );
-                });
-            });
+        g.spread(&mut out, x, taps, c, true);
         Ok((CpuStorage::F32(out), Shape::from((b, g.oh, g.ow, c))))
     }
 
@@ -249,17 +270,7 @@ impl CustomOp2 for DwGradInput {
         }
         let (grad, taps) = (values(s1, l1)?, values(s2, l2)?);
         let mut gx = vec![0f32; b * g.h * g.w * c];
-        gx.par_chunks_mut(g.h * g.w * c)
-            .zip(grad.par_chunks(oh * ow * c))
-            .for_each(|(gx, grad)| {
-                g.for_each(|t, to, from| {
-                    mul_add(
-                        &mut gx[to * c..(to + 1) * c],
-                        &grad[from * c..(from + 1) * c],
-                        &taps[t * c..(t + 1) * c],
-                    );
-                });
-            });
+        g.spread(&mut gx, grad, taps, c, false);
         Ok((CpuStorage::F32(gx), Shape::from((b, g.h, g.w, c))))
     }
 }
@@ -322,20 +333,8 @@ impl CustomOp2 for DwGradTaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::faceres::tests::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The custom op and the windows agree on the values and on both
     /// gradients, for both strides and even and odd sizes.
