@@ -129,6 +129,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
 /// Bad data or options, a model that cannot be built, a file that cannot be written.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let opts = options(args)?;
+    sfam_studio::model::device::keep_freed_memory();
     let terminal = std::io::stderr().is_terminal();
     let bar = if terminal {
         ProgressBar::new(0)

@@ -111,6 +111,23 @@ pub fn tune_host_allocator() {
     }
 }
 
+/// For training on the CPU: never trims the heap (glibc only; elsewhere
+/// nothing happens). A training step's peak — gigabytes of activations and
+/// gradients with faceres blocks trained — is freed at the step's end and
+/// needed again by the next; above [`tune_host_allocator`]'s 1 GiB trim
+/// threshold glibc handed it back to the kernel every step, and the next
+/// step page-faulted it in anew (measured in BENCHMARKS.md, "Training on
+/// the CPU"). The memory then stays with the process until it exits.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: `mallopt` only sets an allocator parameter (glibc takes the
+    // arena lock); -1 is the documented value that turns trimming off.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
