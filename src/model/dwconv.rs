@@ -24,9 +24,8 @@ use super::faceres::same_pads;
 /// A tensor error (wrong shapes).
 pub fn depthwise3x3(x: &Tensor, taps: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && taps.dtype() == DType::F32 {
-        let (_, h, w, _) = x.dims4()?;
         x.contiguous()?
-            .apply_op2(&taps.contiguous()?, DwForward { stride, h, w })
+            .apply_op2(&taps.contiguous()?, DwForward { stride })
     } else {
         depthwise_windows(x, taps, stride)
     }
@@ -171,6 +170,19 @@ fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&
     }
 }
 
+/// An error naming both shapes unless `agree`.
+fn shapes_agree(agree: bool, what: &str, a: &Layout, b: &Layout) -> candle_core::Result<()> {
+    if agree {
+        Ok(())
+    } else {
+        bail!(
+            "depthwise convolution: {what} do not fit: {:?}, {:?}",
+            a.shape(),
+            b.shape()
+        )
+    }
+}
+
 /// `y[n, out] += a[n, from] * k` over the channels.
 fn mul_add(y: &mut [f32], a: &[f32], k: &[f32]) {
     for ((y, &a), &k) in y.iter_mut().zip(a).zip(k) {
@@ -181,8 +193,6 @@ fn mul_add(y: &mut [f32], a: &[f32], k: &[f32]) {
 /// Forward: `(x [B,H,W,C], taps [9,C]) -> [B,OH,OW,C]`.
 struct DwForward {
     stride: usize,
-    h: usize,
-    w: usize,
 }
 
 impl CustomOp2 for DwForward {
@@ -199,13 +209,7 @@ impl CustomOp2 for DwForward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, w, c) = l1.shape().dims4()?;
-        if (h, w) != (self.h, self.w) || l2.shape().dims() != [9, c] {
-            bail!(
-                "depthwise convolution: input {:?}, taps {:?}",
-                l1.shape(),
-                l2.shape()
-            );
-        }
+        shapes_agree(l2.shape().dims() == [9, c], "input and taps", l1, l2)?;
         let g = Geometry::new(h, w, self.stride)?;
         let (x, taps) = (values(s1, l1)?, values(s2, l2)?);
         let mut out = vec![0f32; b * g.oh * g.ow * c];
@@ -220,13 +224,14 @@ impl CustomOp2 for DwForward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, h, w, _) = x.dims4()?;
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(
             &taps.contiguous()?,
             &DwGradInput {
                 stride: self.stride,
-                h: self.h,
-                w: self.w,
+                h,
+                w,
             },
         )?;
         let gt = x.contiguous()?.apply_op2_no_bwd(
@@ -261,13 +266,12 @@ impl CustomOp2 for DwGradInput {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, oh, ow, c) = l1.shape().dims4()?;
         let g = Geometry::new(self.h, self.w, self.stride)?;
-        if (oh, ow) != (g.oh, g.ow) || l2.shape().dims() != [9, c] {
-            bail!(
-                "depthwise gradient: grad {:?}, taps {:?}",
-                l1.shape(),
-                l2.shape()
-            );
-        }
+        shapes_agree(
+            (oh, ow) == (g.oh, g.ow) && l2.shape().dims() == [9, c],
+            "gradient and taps",
+            l1,
+            l2,
+        )?;
         let (grad, taps) = (values(s1, l1)?, values(s2, l2)?);
         let mut gx = vec![0f32; b * g.h * g.w * c];
         g.spread(&mut gx, grad, taps, c, false);
@@ -295,13 +299,12 @@ impl CustomOp2 for DwGradTaps {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, w, c) = l1.shape().dims4()?;
         let g = Geometry::new(h, w, self.stride)?;
-        if l2.shape().dims() != [b, g.oh, g.ow, c] {
-            bail!(
-                "depthwise gradient: input {:?}, grad {:?}",
-                l1.shape(),
-                l2.shape()
-            );
-        }
+        shapes_agree(
+            l2.shape().dims() == [b, g.oh, g.ow, c],
+            "input and gradient",
+            l1,
+            l2,
+        )?;
         let (x, grad) = (values(s1, l1)?, values(s2, l2)?);
         // One partial sum per face, added up in face order afterwards: the
         // result does not depend on how rayon splits the batch.

@@ -820,6 +820,10 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
 }
 
 /// Trains, writing checkpoints as it goes; see the module documentation.
+/// On the CPU a process should first call
+/// [`crate::model::device::keep_freed_memory`] (an allocator setting for the
+/// whole process, so the caller's to make: `sfam train` does): without it
+/// each step page-faults its gigabytes in anew.
 ///
 /// # Errors
 /// [`TrainError`]: unusable data or options, a failing model, a file that
