@@ -1,10 +1,17 @@
-//! One training step's depthwise convolutions on the CPU: forward and
-//! backward of faceres' 3 × 3 depthwise layer (plus bias and relu6, as the
-//! trainer runs it) at batch 32, for the four shapes of the blocks that
-//! `--train-blocks 9` trains — the custom op with its own backward
-//! (`depthwise3x3`, what training uses) against candle's autograd through
-//! nine shifted windows (`depthwise_windows`, what it used before). The
-//! PyTorch counterpart is `benches/python/bench_torch_depthwise.py`.
+//! One training step's faceres layers on the CPU, forward and backward at
+//! batch 32, for the shapes of the blocks that `--train-blocks 9` trains:
+//!
+//! - the 3 × 3 depthwise layer with bias and relu6: what training runs
+//!   (`depthwise_tensor`: the convolution op and the fused bias + relu6
+//!   op, each with its own backward) against the convolution op followed by
+//!   candle's `broadcast_add` + `clamp` (what it ran before the fused
+//!   epilogue) and candle's autograd through nine shifted windows
+//!   (`depthwise_windows`, before the convolution op);
+//! - the 1 × 1 pointwise layer: `pointwise_tensor` (matrix product and the
+//!   fused epilogue) against the matrix product followed by
+//!   `broadcast_add` + `clamp`.
+//!
+//! The PyTorch counterpart is `benches/python/bench_torch_depthwise.py`.
 //!
 //! `cargo bench --bench train` (add `-- --quick` for a short run).
 
@@ -15,49 +22,82 @@ use std::hint::black_box;
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, criterion_group};
 use sfam_studio::model::dwconv::{depthwise_windows, depthwise3x3};
+use sfam_studio::model::faceres::{depthwise_tensor, pointwise_tensor};
 
 /// `(size, channels, stride)` of blocks 5, 6, 7–11 and 13 (block 12 as 6).
 const SHAPES: [(usize, usize, usize); 4] = [(28, 256, 1), (28, 256, 2), (14, 512, 1), (7, 1024, 1)];
+/// `(size, in, out)` of the pointwise layers of blocks 5, 7–11, 12 and 13.
+const POINTWISE: [(usize, usize, usize); 4] = [
+    (28, 256, 256),
+    (14, 512, 512),
+    (7, 512, 1024),
+    (7, 1024, 1024),
+];
 const BATCH: usize = 32;
 
-fn step(
-    x: &Var,
-    taps: &Var,
-    bias: &Tensor,
-    stride: usize,
-    conv: fn(&Tensor, &Tensor, usize) -> candle_core::Result<Tensor>,
-) -> f32 {
-    let y = conv(x.as_tensor(), taps.as_tensor(), stride)
-        .unwrap()
-        .broadcast_add(bias)
-        .unwrap()
-        .clamp(0f32, 6f32)
-        .unwrap();
+/// A layer under test: `(input, weight, bias) -> output`.
+type Layer<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
+/// Forward, backward to every input; returns a sum of the weight gradient.
+fn step(x: &Var, weight: &Var, bias: &Var, layer: Layer) -> f32 {
+    let y = layer(x.as_tensor(), weight.as_tensor(), bias.as_tensor()).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
-    grads
-        .get(taps.as_tensor())
-        .unwrap()
-        .sum_all()
+    let gb = grads.get(bias.as_tensor()).unwrap().sum_all().unwrap();
+    (grads.get(weight.as_tensor()).unwrap().sum_all().unwrap() + gb)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
 }
 
+/// Bias and relu6 as separate candle operations (before the fused op).
+fn epilogue_ops(y: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    y.broadcast_add(bias)?.clamp(0f32, 6f32)
+}
+
+fn var(shape: &[usize], std: f32) -> Var {
+    Var::from_tensor(&Tensor::randn(0f32, std, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
 fn bench(c: &mut Criterion) {
-    let dev = Device::Cpu;
     let mut group = c.benchmark_group("faceres_depthwise_fwd_bwd_batch32");
     group.sample_size(10);
-    for (size, ch, stride) in SHAPES {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (BATCH, size, size, ch), &dev).unwrap())
-            .unwrap();
-        let taps = Var::from_tensor(&Tensor::randn(0f32, 0.3, (9, ch), &dev).unwrap()).unwrap();
-        let bias = Tensor::zeros(ch, candle_core::DType::F32, &dev).unwrap();
-        let name = format!("{size}x{size}x{ch}_s{stride}");
+    for (size, ch, s) in SHAPES {
+        let x = var(&[BATCH, size, size, ch], 1.0);
+        let taps = var(&[9, ch], 0.3);
+        let bias = var(&[ch], 0.1);
+        let name = format!("{size}x{size}x{ch}_s{s}");
+        let fused = |x: &Tensor, t: &Tensor, b: &Tensor| depthwise_tensor(x, t, b, s);
+        let op = |x: &Tensor, t: &Tensor, b: &Tensor| epilogue_ops(&depthwise3x3(x, t, s)?, b);
+        let windows =
+            |x: &Tensor, t: &Tensor, b: &Tensor| epilogue_ops(&depthwise_windows(x, t, s)?, b);
+        group.bench_function(format!("fused/{name}"), |b| {
+            b.iter(|| black_box(step(&x, &taps, &bias, &fused)));
+        });
         group.bench_function(format!("custom_op/{name}"), |b| {
-            b.iter(|| black_box(step(&x, &taps, &bias, stride, depthwise3x3)));
+            b.iter(|| black_box(step(&x, &taps, &bias, &op)));
         });
         group.bench_function(format!("windows/{name}"), |b| {
-            b.iter(|| black_box(step(&x, &taps, &bias, stride, depthwise_windows)));
+            b.iter(|| black_box(step(&x, &taps, &bias, &windows)));
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("faceres_pointwise_fwd_bwd_batch32");
+    group.sample_size(10);
+    for (size, cin, cout) in POINTWISE {
+        let x = var(&[BATCH, size, size, cin], 1.0);
+        let w = var(&[cin, cout], 0.05);
+        let bias = var(&[cout], 0.1);
+        let name = format!("{size}x{size}x{cin}_to_{cout}");
+        let ops = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            let y = x.reshape((BATCH * size * size, cin))?.matmul(w)?;
+            epilogue_ops(&y, b)?.reshape((BATCH, size, size, cout))
+        };
+        group.bench_function(format!("fused/{name}"), |b| {
+            b.iter(|| black_box(step(&x, &w, &bias, &pointwise_tensor)));
+        });
+        group.bench_function(format!("ops/{name}"), |b| {
+            b.iter(|| black_box(step(&x, &w, &bias, &ops)));
         });
     }
     group.finish();

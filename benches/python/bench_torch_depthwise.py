@@ -1,7 +1,8 @@
 """PyTorch counterpart of benches/train.rs: forward and backward of a 3 x 3
 depthwise convolution (groups = channels, "same" padding as faceres: TF's
-asymmetric padding for stride 2), plus bias and relu6, at batch 32, on the
-CPU, for the shapes of the faceres blocks that `--train-blocks 9` trains.
+asymmetric padding for stride 2), plus bias and relu6, and of a 1 x 1
+pointwise convolution plus bias and relu6, at batch 32, on the CPU, for the
+shapes of the faceres blocks that `--train-blocks 9` trains.
 
     python3 benches/python/bench_torch_depthwise.py --threads 2
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(28, 256, 1), (28, 256, 2), (14, 512, 1), (7, 1024, 1)]
+POINTWISE = [(28, 256, 256), (14, 512, 512), (7, 512, 1024), (7, 1024, 1024)]
 
 
 def step(x, w, b, stride):
@@ -26,6 +28,22 @@ def step(x, w, b, stride):
     y = F.conv2d(xp, w, b, stride=stride, groups=x.shape[1]).clamp(0, 6)
     y.sum().backward()
     return w.grad.sum().item()
+
+
+def step_pointwise(x, w, b, _stride):
+    y = F.conv2d(x, w, b).clamp(0, 6)
+    y.sum().backward()
+    return w.grad.sum().item()
+
+
+def median_ms(fn, x, w, b, stride, repeat):
+    times = []
+    for _ in range(repeat + 2):
+        x.grad = w.grad = b.grad = None
+        t = time.perf_counter()
+        fn(x, w, b, stride)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[2:]) * 1e3
 
 
 def main():
@@ -43,15 +61,19 @@ def main():
                 x = x.contiguous(memory_format=torch.channels_last)
             x.requires_grad_(True)
             w = (0.3 * torch.randn(ch, 1, 3, 3)).requires_grad_(True)
-            b = torch.zeros(ch, requires_grad=True)
-            times = []
-            for _ in range(a.repeat + 2):
-                x.grad = w.grad = b.grad = None
-                t = time.perf_counter()
-                step(x, w, b, stride)
-                times.append(time.perf_counter() - t)
-            med = statistics.median(times[2:])
-            print(f"{size}x{size}x{ch}_s{stride} {fmt}: {med * 1e3:.1f} ms")
+            b = (0.1 * torch.randn(ch)).requires_grad_(True)
+            med = median_ms(step, x, w, b, stride, a.repeat)
+            print(f"depthwise {size}x{size}x{ch}_s{stride} {fmt}: {med:.1f} ms")
+    for size, cin, cout in POINTWISE:
+        for fmt in ("nchw", "channels_last"):
+            x = torch.randn(a.batch, cin, size, size)
+            if fmt == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            w = (0.05 * torch.randn(cout, cin, 1, 1)).requires_grad_(True)
+            b = (0.1 * torch.randn(cout)).requires_grad_(True)
+            med = median_ms(step_pointwise, x, w, b, 1, a.repeat)
+            print(f"pointwise {size}x{size}x{cin}_to_{cout} {fmt}: {med:.1f} ms")
 
 
 if __name__ == "__main__":

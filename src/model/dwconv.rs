@@ -1,17 +1,24 @@
-//! faceres' 3 × 3 depthwise convolution (TF "SAME" padding, stride 1 or 2,
-//! NHWC, no bias) as a candle custom op with a hand-written backward, so
-//! that fine-tuning faceres blocks on the CPU does not pay for autograd
-//! through nine shifted windows (measured with `examples/dw_probe.rs`:
-//! the windows' backward took 25 times their forward). Other devices and
-//! dtypes take the windows ([`depthwise_windows`]), which any backend
-//! differentiates.
+//! faceres' training ops on the CPU, as candle custom ops with hand-written
+//! backward passes, so that fine-tuning faceres blocks on the CPU does not
+//! pay for generic autograd:
 //!
-//! The CPU kernels add the taps in the windows' order (row-major over the
-//! 3 × 3 window), so the forward pass gives the same values as the
-//! windows; the gradients sum in a fixed order too (no dependence on the
-//! thread count), which keeps training deterministic.
+//! - the 3 × 3 depthwise convolution (TF "SAME" padding, stride 1 or 2,
+//!   NHWC, no bias): autograd through nine shifted windows took 25 times
+//!   the windows' forward (measured with `examples/dw_probe.rs`);
+//! - the epilogue of every convolution, `clamp(y + bias, 0, 6)`: autograd
+//!   through `broadcast_add` and `clamp` made about twenty passes over the
+//!   activations per layer, several of them single-threaded reductions
+//!   (`perf` on a fine-tuning step: a quarter of its time).
+//!
+//! Other devices and dtypes take tensor operations ([`depthwise_windows`],
+//! `broadcast_add` + `clamp`), which any backend differentiates.
+//!
+//! The CPU kernels give the same values as those tensor operations (the
+//! convolution adds the taps in the windows' order); the gradients sum in a
+//! fixed order too (no dependence on the thread count), which keeps
+//! training deterministic.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::faceres::same_pads;
@@ -162,11 +169,11 @@ impl Geometry {
 /// The values of a contiguous `f32` CPU tensor.
 fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(all) = storage else {
-        bail!("depthwise convolution: f32 expected")
+        bail!("faceres op: f32 expected")
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&all[start..end]),
-        None => bail!("depthwise convolution: contiguous input expected"),
+        None => bail!("faceres op: contiguous input expected"),
     }
 }
 
@@ -176,7 +183,7 @@ fn shapes_agree(agree: bool, what: &str, a: &Layout, b: &Layout) -> candle_core:
         Ok(())
     } else {
         bail!(
-            "depthwise convolution: {what} do not fit: {:?}, {:?}",
+            "faceres op: {what} do not fit: {:?}, {:?}",
             a.shape(),
             b.shape()
         )
@@ -333,6 +340,153 @@ impl CustomOp2 for DwGradTaps {
     }
 }
 
+/// `clamp(y + bias, 0, 6)` with `bias` `[C]` added along the last
+/// dimension of `y`: the epilogue of every faceres convolution (folded
+/// batch-norm bias, relu6). Differentiable with respect to both; the
+/// gradient is zero where the output is clamped (as PyTorch's relu6; on
+/// other devices candle's `clamp` gives half of it at an exact tie).
+///
+/// # Errors
+/// A tensor error (wrong shapes).
+pub fn bias_relu6(y: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if y.device().is_cpu() && y.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        y.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu6)
+    } else {
+        y.broadcast_add(bias)?.clamp(0f32, 6f32)
+    }
+}
+
+/// relu6 with the comparisons of candle's `maximum` and `minimum`, so the
+/// values match `clamp` to the bit (signed zeros included).
+fn relu6(v: f32) -> f32 {
+    let v = if v < 0.0 { 0.0 } else { v };
+    if v > 6.0 { 6.0 } else { v }
+}
+
+/// The number of channels of a `[…, C]` tensor and a `[C]` one, or an error.
+fn channels(l1: &Layout, l2: &Layout, what: &str) -> candle_core::Result<usize> {
+    let c = l1.shape().dims().last().copied().unwrap_or(0);
+    shapes_agree(c > 0 && l2.shape().dims() == [c], what, l1, l2)?;
+    Ok(c)
+}
+
+/// Forward: `(y [..., C], bias [C]) -> clamp(y + bias, 0, 6)`.
+struct BiasRelu6;
+
+impl CustomOp2 for BiasRelu6 {
+    fn name(&self) -> &'static str {
+        "faceres-bias-relu6"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let c = channels(l1, l2, "activations and bias")?;
+        let (y, bias) = (values(s1, l1)?, values(s2, l2)?);
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(ROWS * c)
+            .zip(y.par_chunks(ROWS * c))
+            .for_each(|(out, y)| {
+                for (out, y) in out.chunks_mut(c).zip(y.chunks(c)) {
+                    for ((o, &v), &b) in out.iter_mut().zip(y).zip(bias) {
+                        *o = relu6(v + b);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = res
+            .contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?;
+        let gb = gy.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(gy), Some(gb)))
+    }
+}
+
+/// Rows of `[..., C]` per parallel task of the epilogue's kernels (fixed,
+/// so the bias gradient's partial sums do not depend on the thread count).
+const ROWS: usize = 64;
+
+/// Gradient through relu6: `(out, grad) -> grad` where `0 < out < 6`, else 0.
+struct Relu6Grad;
+
+impl CustomOp2 for Relu6Grad {
+    fn name(&self) -> &'static str {
+        "faceres-relu6-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        shapes_agree(l1.shape() == l2.shape(), "output and gradient", l1, l2)?;
+        let (out, grad) = (values(s1, l1)?, values(s2, l2)?);
+        let mut g = vec![0f32; out.len()];
+        g.par_chunks_mut(1 << 14)
+            .zip(out.par_chunks(1 << 14).zip(grad.par_chunks(1 << 14)))
+            .for_each(|(g, (out, grad))| {
+                for ((g, &o), &d) in g.iter_mut().zip(out).zip(grad) {
+                    if o > 0.0 && o < 6.0 {
+                        *g = d;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+}
+
+/// The bias gradient: `[..., C] -> [C]`, the sum over all rows (partial
+/// sums of [`ROWS`] rows each, added up in order).
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "faceres-sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let c = l.shape().dims().last().copied().unwrap_or(0);
+        if c == 0 {
+            bail!("faceres op: no channels to sum: {:?}", l.shape());
+        }
+        let g = values(s, l)?;
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(ROWS * c)
+            .map(|rows| {
+                let mut acc = vec![0f32; c];
+                for row in rows.chunks(c) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut sum = vec![0f32; c];
+        for p in &partial {
+            for (a, &v) in sum.iter_mut().zip(p) {
+                *a += v;
+            }
+        }
+        Ok((CpuStorage::F32(sum), Shape::from(c)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +539,68 @@ mod tests {
         }
     }
 
+    /// The fused epilogue gives `clamp(y + bias, 0, 6)` to the bit, and the
+    /// gradients of autograd through those tensor operations (away from
+    /// exact ties at 0 and 6, where candle's `clamp` halves the gradient).
+    #[test]
+    #[allow(clippy::many_single_char_names)] // c, y (the op's names), a, b (the two paths), g
+    fn bias_relu6_matches_the_tensor_ops_and_their_gradients() {
+        let dev = Device::Cpu;
+        for shape in [vec![3, 5, 7, 6], vec![130, 4], vec![1, 1]] {
+            let c = shape[shape.len() - 1];
+            // Values spread over (-4, 10): below 0, inside, above 6.
+            let y = Var::from_tensor(
+                &Tensor::rand(0f32, 1f32, shape.as_slice(), &dev)
+                    .unwrap()
+                    .affine(14.0, -4.0)
+                    .unwrap(),
+            )
+            .unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1f32, c, &dev).unwrap()).unwrap();
+            let weight = Tensor::randn(0f32, 1f32, shape.as_slice(), &dev).unwrap();
+            let a = bias_relu6(y.as_tensor(), bias.as_tensor()).unwrap();
+            let b = y
+                .as_tensor()
+                .broadcast_add(bias.as_tensor())
+                .unwrap()
+                .clamp(0f32, 6f32)
+                .unwrap();
+            assert_eq!(a.dims(), shape.as_slice());
+            assert!(max_diff(&a, &b) <= 0.0, "values {shape:?}");
+            let ga = (a * &weight)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gb = (b * &weight)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("activations", &y), ("bias", &bias)] {
+                let (ga, gb) = (
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                let d = max_diff(ga, gb);
+                assert!(d < 1e-4, "{name} gradient {shape:?}: {d}");
+            }
+        }
+        // Clamped outputs pass no gradient.
+        let y = Var::from_tensor(&Tensor::new(&[[-1f32, 3.0, 7.0]], &dev).unwrap()).unwrap();
+        let bias = Var::from_tensor(&Tensor::zeros(3, DType::F32, &dev).unwrap()).unwrap();
+        let g = bias_relu6(y.as_tensor(), bias.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gy = g.get(y.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(gy, vec![vec![0.0, 1.0, 0.0]]);
+    }
+
     #[test]
     fn bad_shapes_are_errors() {
         let dev = Device::Cpu;
@@ -393,5 +609,7 @@ mod tests {
         assert!(depthwise3x3(&x, &taps, 1).is_err());
         let taps = Tensor::zeros((9, 3), DType::F32, &dev).unwrap();
         assert!(depthwise3x3(&x, &taps, 0).is_err());
+        assert!(bias_relu6(&x, &Tensor::zeros(4, DType::F32, &dev).unwrap()).is_err());
+        assert!(bias_relu6(&x, &Tensor::zeros((1, 3), DType::F32, &dev).unwrap()).is_err());
     }
 }

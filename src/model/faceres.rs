@@ -33,7 +33,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::dwconv::depthwise3x3;
+use super::dwconv::{bias_relu6, depthwise3x3};
 use super::{ModelError, Weights};
 
 /// Channels of the first convolution.
@@ -315,8 +315,8 @@ impl Depthwise {
 
 /// A 3 × 3 depthwise convolution with TF "SAME" padding, plus bias and
 /// relu6, on an NHWC tensor, differentiable (training uses it): on the CPU
-/// a custom op with its own backward, elsewhere nine shifted windows
-/// ([`super::dwconv`]). `taps`: `[9, C]`, row-major over the 3 × 3
+/// custom ops with their own backward (convolution, then bias and relu6 in
+/// one pass), elsewhere nine shifted windows ([`super::dwconv`]). `taps`: `[9, C]`, row-major over the 3 × 3
 /// window; `bias`: `[C]`.
 ///
 /// # Errors
@@ -327,11 +327,12 @@ pub fn depthwise_tensor(
     bias: &Tensor,
     s: usize,
 ) -> candle_core::Result<Tensor> {
-    relu6(&depthwise3x3(x, taps, s)?.broadcast_add(bias)?)
+    bias_relu6(&depthwise3x3(x, taps, s)?, bias)
 }
 
-/// A 1 × 1 convolution plus bias and relu6 on an NHWC tensor, with tensor
-/// operations only (differentiable). `weight`: `[C_in, C_out]`.
+/// A 1 × 1 convolution plus bias and relu6 on an NHWC tensor,
+/// differentiable: a matrix product and the fused epilogue
+/// ([`super::dwconv::bias_relu6`]). `weight`: `[C_in, C_out]`.
 ///
 /// # Errors
 /// A tensor error (wrong shapes).
@@ -340,7 +341,7 @@ pub fn pointwise_tensor(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_co
     let (b, h, w, c) = x.dims4()?;
     let o = weight.dim(1)?;
     let y = x.reshape((b * h * w, c))?.matmul(weight)?;
-    relu6(&y.broadcast_add(bias)?)?.reshape((b, h, w, o))
+    bias_relu6(&y, bias)?.reshape((b, h, w, o))
 }
 
 /// A 1 × 1 convolution (+ folded batch-norm bias) and relu6, NHWC.
