@@ -21,8 +21,8 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, criterion_group};
-use sfam_studio::model::dwconv::{depthwise_windows, depthwise3x3};
 use sfam_studio::model::faceres::{depthwise_tensor, pointwise_tensor};
+use sfam_studio::model::faceres_ops::{depthwise_windows, depthwise3x3};
 
 /// `(size, channels, stride)` of blocks 5, 6, 7–11 and 13 (block 12 as 6).
 const SHAPES: [(usize, usize, usize); 4] = [(28, 256, 1), (28, 256, 2), (14, 512, 1), (7, 1024, 1)];

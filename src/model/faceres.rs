@@ -33,7 +33,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::dwconv::{bias_relu6, depthwise3x3};
+use super::faceres_ops::{bias_relu6, channel_std_op, depthwise3x3};
 use super::{ModelError, Weights};
 
 /// Channels of the first convolution.
@@ -74,7 +74,7 @@ pub const TEXTURE_DIM: usize =
 pub const GLOBAL_DIM: usize = POOLED_DIM + PATCH_DIM + TEXTURE_DIM;
 /// Added to the variance before its square root (a dead channel's
 /// statistic stays differentiable).
-const TEXTURE_EPS: f64 = 1e-6;
+const TEXTURE_EPS: f32 = 1e-6;
 
 /// What `proj_global` reads. Model folders written before the patch map's
 /// mean, or before the texture statistics, joined the global token project
@@ -138,16 +138,30 @@ pub struct FaceResOutput {
 
 /// Per-channel spatial standard deviation of a channels-last map
 /// `[B, H, W, C]` → `[B, C]` (two passes, `sqrt(var + 1e-6)`;
-/// differentiable).
+/// differentiable): on the CPU one custom op with its own backward
+/// ([`super::faceres_ops::channel_std_op`]), elsewhere tensor operations
+/// ([`channel_std_tensor`]).
+///
+/// # Errors
+/// A tensor or shape error.
+pub fn channel_std(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        channel_std_op(x, TEXTURE_EPS)
+    } else {
+        channel_std_tensor(x)
+    }
+}
+
+/// [`channel_std`] with tensor operations only (any device).
 ///
 /// # Errors
 /// A tensor or shape error.
 #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC)
-pub fn channel_std(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn channel_std_tensor(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let rows = x.reshape((b, h * w, c))?;
     let mean = rows.mean_keepdim(1)?;
-    (rows.broadcast_sub(&mean)?.sqr()?.mean(1)? + TEXTURE_EPS)?.sqrt()
+    (rows.broadcast_sub(&mean)?.sqr()?.mean(1)? + f64::from(TEXTURE_EPS))?.sqrt()
 }
 
 /// Side of the square input the network was trained on.
@@ -316,7 +330,7 @@ impl Depthwise {
 /// A 3 × 3 depthwise convolution with TF "SAME" padding, plus bias and
 /// relu6, on an NHWC tensor, differentiable (training uses it): on the CPU
 /// custom ops with their own backward (convolution, then bias and relu6 in
-/// one pass), elsewhere nine shifted windows ([`super::dwconv`]). `taps`: `[9, C]`, row-major over the 3 × 3
+/// one pass), elsewhere nine shifted windows ([`super::faceres_ops`]). `taps`: `[9, C]`, row-major over the 3 × 3
 /// window; `bias`: `[C]`.
 ///
 /// # Errors
@@ -332,7 +346,7 @@ pub fn depthwise_tensor(
 
 /// A 1 × 1 convolution plus bias and relu6 on an NHWC tensor,
 /// differentiable: a matrix product and the fused epilogue
-/// ([`super::dwconv::bias_relu6`]). `weight`: `[C_in, C_out]`.
+/// ([`super::faceres_ops::bias_relu6`]). `weight`: `[C_in, C_out]`.
 ///
 /// # Errors
 /// A tensor error (wrong shapes).

@@ -18,6 +18,10 @@
 //! - [`preprocess`]: the one CLIP image preprocessing function;
 //! - [`heads`]: the SFAM heads, backbone-agnostic;
 //! - [`sfam`]: a model folder: backbone + head + region masks → outputs;
+//! - [`faceres`]: the bundled face-pretrained backbone (MobileNet-style,
+//!   converted from TensorFlow.js), channels-last;
+//! - [`faceres_ops`]: its training-path layers as CPU custom ops with
+//!   hand-written backward passes;
 //! - [`device`]: `--device cpu|cuda[:N]|metal`;
 //! - `hub` (feature `hub`): downloading a model folder from the Hugging Face hub.
 
@@ -25,8 +29,8 @@ pub mod bf16;
 pub mod clip;
 pub mod config;
 pub mod device;
-pub mod dwconv;
 pub mod faceres;
+pub mod faceres_ops;
 pub mod heads;
 #[cfg(feature = "hub")]
 pub mod hub;

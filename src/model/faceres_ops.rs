@@ -8,10 +8,13 @@
 //! - the epilogue of every convolution, `clamp(y + bias, 0, 6)`: autograd
 //!   through `broadcast_add` and `clamp` made about twenty passes over the
 //!   activations per layer, several of them single-threaded reductions
-//!   (`perf` on a fine-tuning step: a quarter of its time).
+//!   (`perf` on a fine-tuning step: a quarter of its time);
+//! - the texture statistics' per-channel spatial standard deviation
+//!   (candle reduces over the middle axis of `[B, H·W, C]` on one thread).
 //!
 //! Other devices and dtypes take tensor operations ([`depthwise_windows`],
-//! `broadcast_add` + `clamp`), which any backend differentiates.
+//! `broadcast_add` + `clamp`, `faceres::channel_std_tensor`), which any
+//! backend differentiates.
 //!
 //! The CPU kernels give the same values as those tensor operations (the
 //! convolution adds the taps in the windows' order); the gradients sum in a
@@ -487,6 +490,122 @@ impl CustomOp1 for SumRows {
     }
 }
 
+/// Per-channel spatial standard deviation of `x` `[B, H, W, C]`:
+/// `sqrt(mean((x - mean)²) + eps)` → `[B, C]`, two passes per face (the
+/// same formula as the tensor version), differentiable with respect to `x`.
+///
+/// # Errors
+/// A tensor error (not four-dimensional, or not f32 on the CPU).
+pub fn channel_std_op(x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(ChannelStd { eps })
+}
+
+/// Forward: `x [B,H,W,C] -> [B,C]`.
+struct ChannelStd {
+    eps: f32,
+}
+
+/// `1 / n` for averaging over `n` pixels (a map's pixel count is far below
+/// f32's exact-integer range).
+#[allow(clippy::cast_precision_loss)]
+fn inv_count(n: usize) -> f32 {
+    1.0 / n as f32
+}
+
+/// Per face: the channel means of `x` (`n` pixels of `c` channels).
+fn channel_means(x: &[f32], c: usize, n: usize) -> Vec<f32> {
+    let mut mean = vec![0f32; c];
+    for px in x.chunks(c) {
+        for (m, &v) in mean.iter_mut().zip(px) {
+            *m += v;
+        }
+    }
+    let inv = inv_count(n);
+    for m in &mut mean {
+        *m *= inv;
+    }
+    mean
+}
+
+impl CustomOp1 for ChannelStd {
+    fn name(&self) -> &'static str {
+        "faceres-channel-std"
+    }
+
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), n (pixels)
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = l.shape().dims4()?;
+        let n = h * w;
+        if n == 0 || c == 0 {
+            bail!("faceres op: empty map {:?}", l.shape());
+        }
+        let x = values(s, l)?;
+        let eps = self.eps;
+        let mut out = vec![0f32; b * c];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(n * c))
+            .for_each(|(out, x)| {
+                let mean = channel_means(x, c, n);
+                for px in x.chunks(c) {
+                    for ((o, &v), &m) in out.iter_mut().zip(px).zip(&mean) {
+                        let d = v - m;
+                        *o += d * d;
+                    }
+                }
+                let inv = inv_count(n);
+                for o in out.iter_mut() {
+                    *o = (*o * inv + eps).sqrt();
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c))))
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d std / d x = (x - mean) / (H·W · std): the mean's own gradient
+        // term vanishes (the deviations sum to zero).
+        let scale = (grad / res)?.contiguous()?;
+        let gx = x.contiguous()?.apply_op2_no_bwd(&scale, &ChannelStdGrad)?;
+        Ok(Some(gx))
+    }
+}
+
+/// Gradient: `(x [B,H,W,C], grad / std [B,C]) -> (x - mean) · (grad / std) / (H·W)`.
+struct ChannelStdGrad;
+
+impl CustomOp2 for ChannelStdGrad {
+    fn name(&self) -> &'static str {
+        "faceres-channel-std-grad"
+    }
+
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), n (pixels)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = l1.shape().dims4()?;
+        shapes_agree(l2.shape().dims() == [b, c], "map and gradient", l1, l2)?;
+        let n = h * w;
+        let (x, scale) = (values(s1, l1)?, values(s2, l2)?);
+        let mut gx = vec![0f32; x.len()];
+        gx.par_chunks_mut(n * c)
+            .zip(x.par_chunks(n * c).zip(scale.par_chunks(c)))
+            .for_each(|(gx, (x, scale))| {
+                let mean = channel_means(x, c, n);
+                let inv = inv_count(n);
+                let k: Vec<f32> = scale.iter().map(|s| s * inv).collect();
+                for (g, px) in gx.chunks_mut(c).zip(x.chunks(c)) {
+                    for (((g, &v), &m), &k) in g.iter_mut().zip(px).zip(&mean).zip(&k) {
+                        *g = (v - m) * k;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,6 +718,36 @@ mod tests {
             .unwrap();
         let gy = g.get(y.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(gy, vec![vec![0.0, 1.0, 0.0]]);
+    }
+
+    /// The custom op gives the tensor formula's values and gradient.
+    #[test]
+    #[allow(clippy::many_single_char_names)] // x, w (weights), a, b (the two paths)
+    fn channel_std_matches_the_tensor_ops_and_their_gradient() {
+        let dev = Device::Cpu;
+        for shape in [(3, 5, 7, 6), (2, 1, 1, 4), (1, 14, 14, 33)] {
+            let x = Var::from_tensor(
+                &Tensor::randn(0f32, 2f32, shape, &dev)
+                    .unwrap()
+                    .affine(1.0, 3.0)
+                    .unwrap(),
+            )
+            .unwrap();
+            let w = Tensor::randn(0f32, 1f32, (shape.0, shape.3), &dev).unwrap();
+            let a = channel_std_op(x.as_tensor(), 1e-6).unwrap();
+            let b = crate::model::faceres::channel_std_tensor(x.as_tensor()).unwrap();
+            assert_eq!(a.dims(), &[shape.0, shape.3]);
+            let d = max_diff(&a, &b);
+            assert!(d < 1e-5, "values {shape:?}: {d}");
+            let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = max_diff(
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-5, "gradient {shape:?}: {d}");
+        }
+        assert!(channel_std_op(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap(), 1e-6).is_err());
     }
 
     #[test]
