@@ -36,6 +36,13 @@ def step_pointwise(x, w, b, _stride):
     return w.grad.sum().item()
 
 
+def input_map(batch, ch, size, fmt):
+    x = torch.randn(batch, ch, size, size)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(True)
+
+
 def median_ms(fn, x, w, b, stride, repeat):
     times = []
     for _ in range(repeat + 2):
@@ -56,20 +63,14 @@ def main():
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}")
     for size, ch, stride in SHAPES:
         for fmt in ("nchw", "channels_last"):
-            x = torch.randn(a.batch, ch, size, size)
-            if fmt == "channels_last":
-                x = x.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_(True)
+            x = input_map(a.batch, ch, size, fmt)
             w = (0.3 * torch.randn(ch, 1, 3, 3)).requires_grad_(True)
             b = (0.1 * torch.randn(ch)).requires_grad_(True)
             med = median_ms(step, x, w, b, stride, a.repeat)
             print(f"depthwise {size}x{size}x{ch}_s{stride} {fmt}: {med:.1f} ms")
     for size, cin, cout in POINTWISE:
         for fmt in ("nchw", "channels_last"):
-            x = torch.randn(a.batch, cin, size, size)
-            if fmt == "channels_last":
-                x = x.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_(True)
+            x = input_map(a.batch, cin, size, fmt)
             w = (0.05 * torch.randn(cout, cin, 1, 1)).requires_grad_(True)
             b = (0.1 * torch.randn(cout)).requires_grad_(True)
             med = median_ms(step_pointwise, x, w, b, 1, a.repeat)
