@@ -330,8 +330,8 @@ impl Depthwise {
 /// A 3 × 3 depthwise convolution with TF "SAME" padding, plus bias and
 /// relu6, on an NHWC tensor, differentiable (training uses it): on the CPU
 /// custom ops with their own backward (convolution, then bias and relu6 in
-/// one pass), elsewhere nine shifted windows ([`super::faceres_ops`]). `taps`: `[9, C]`, row-major over the 3 × 3
-/// window; `bias`: `[C]`.
+/// one pass), elsewhere nine shifted windows ([`super::faceres_ops`]).
+/// `taps`: `[9, C]`, row-major over the 3 × 3 window; `bias`: `[C]`.
 ///
 /// # Errors
 /// A tensor error (wrong shapes).
@@ -381,25 +381,8 @@ impl Pointwise {
         // of the early layers (measured: 22.6 against 13.1 GMAC/s for
         // 100352×32×64, one thread).
         let y = x.reshape((b * h * w, c))?.matmul(&self.weight.t()?)?;
-        if !(y.device().is_cpu() && y.dtype() == DType::F32) {
-            return self.epilogue_tensor(&y)?.reshape((b, h, w, o));
-        }
-        // CPU: bias and relu6 in one pass over the product (candle's
-        // broadcast add and clamp would take three).
-        // The product is read in place (no copy) and written once.
-        let mut out = vec![0f32; b * h * w * o];
-        with_values(&y, |data| {
-            out.par_chunks_mut(o * 64)
-                .zip(data.par_chunks(o * 64))
-                .for_each(|(rows, src)| {
-                    for (row, srow) in rows.chunks_exact_mut(o).zip(src.chunks_exact(o)) {
-                        for ((v, &sv), &bv) in row.iter_mut().zip(srow).zip(&self.host_bias) {
-                            *v = (sv + bv).clamp(0.0, 6.0);
-                        }
-                    }
-                });
-        })?;
-        Tensor::from_vec(out, (b, h, w, o), y.device())
+        // Bias and relu6: one pass over the product on the CPU.
+        bias_relu6(&y, &self.bias)?.reshape((b, h, w, o))
     }
 
     /// The first block's 32 → 64 product as a direct loop with 64
@@ -445,11 +428,6 @@ impl Pointwise {
                 });
         })?;
         Tensor::from_vec(out, (b, h, w, 64), x.device())
-    }
-
-    /// Bias and relu6 with tensor operations (any device).
-    fn epilogue_tensor(&self, y: &Tensor) -> candle_core::Result<Tensor> {
-        relu6(&y.broadcast_add(&self.bias)?)
     }
 }
 
@@ -899,8 +877,7 @@ pub(crate) mod tests {
             .unwrap()
             .matmul(&weight.t().unwrap())
             .unwrap();
-        let b = pw
-            .epilogue_tensor(&y)
+        let b = relu6(&y.broadcast_add(&pw.bias).unwrap())
             .unwrap()
             .reshape((2, h, w, c_out))
             .unwrap();
