@@ -1,6 +1,7 @@
-//! faceres' training ops on the CPU, as candle custom ops with hand-written
+//! faceres' layers as candle custom ops on the CPU, with hand-written
 //! backward passes, so that fine-tuning faceres blocks on the CPU does not
-//! pay for generic autograd:
+//! pay for generic autograd (the epilogue and the texture statistics serve
+//! scoring too: one pass each instead of several candle operations):
 //!
 //! - the 3 × 3 depthwise convolution (TF "SAME" padding, stride 1 or 2,
 //!   NHWC, no bias): autograd through nine shifted windows took 25 times

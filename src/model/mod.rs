@@ -20,8 +20,9 @@
 //! - [`sfam`]: a model folder: backbone + head + region masks → outputs;
 //! - [`faceres`]: the bundled face-pretrained backbone (MobileNet-style,
 //!   converted from TensorFlow.js), channels-last;
-//! - [`faceres_ops`]: its training-path layers as CPU custom ops with
-//!   hand-written backward passes;
+//! - [`faceres_ops`]: its layers as CPU custom ops with hand-written
+//!   backward passes (training; the epilogue and texture statistics also
+//!   when scoring);
 //! - [`device`]: `--device cpu|cuda[:N]|metal`;
 //! - `hub` (feature `hub`): downloading a model folder from the Hugging Face hub.
 
