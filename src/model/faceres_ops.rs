@@ -5,7 +5,8 @@
 //!
 //! - the 3 × 3 depthwise convolution (TF "SAME" padding, stride 1 or 2,
 //!   NHWC, no bias): autograd through nine shifted windows took 25 times
-//!   the windows' forward (measured with `examples/dw_probe.rs`);
+//!   the windows' forward (a throwaway timing, 2026-11-27;
+//!   `benches/train.rs` compares the two);
 //! - the epilogue of every convolution, `clamp(y + bias, 0, 6)`: autograd
 //!   through `broadcast_add` and `clamp` made about twenty passes over the
 //!   activations per layer, several of them single-threaded reductions
