@@ -195,6 +195,23 @@ fn shapes_agree(agree: bool, what: &str, a: &Layout, b: &Layout) -> candle_core:
     }
 }
 
+/// The element-wise sum of `partial` sums of length `len`, added in their
+/// order (so the result does not depend on how rayon split the work).
+fn add_in_order(partial: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; len];
+    for p in partial {
+        for (a, &v) in sum.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    sum
+}
+
+/// The last dimension of a layout (0 for a scalar).
+fn last_dim(l: &Layout) -> usize {
+    l.shape().dims().last().copied().unwrap_or(0)
+}
+
 /// `y[n, out] += a[n, from] * k` over the channels.
 fn mul_add(y: &mut [f32], a: &[f32], k: &[f32]) {
     for ((y, &a), &k) in y.iter_mut().zip(a).zip(k) {
@@ -335,13 +352,10 @@ impl CustomOp2 for DwGradTaps {
                 acc
             })
             .collect();
-        let mut gt = vec![0f32; 9 * c];
-        for p in &partial {
-            for (a, &v) in gt.iter_mut().zip(p) {
-                *a += v;
-            }
-        }
-        Ok((CpuStorage::F32(gt), Shape::from((9, c))))
+        Ok((
+            CpuStorage::F32(add_in_order(&partial, 9 * c)),
+            Shape::from((9, c)),
+        ))
     }
 }
 
@@ -370,7 +384,7 @@ fn relu6(v: f32) -> f32 {
 
 /// The number of channels of a `[…, C]` tensor and a `[C]` one, or an error.
 fn channels(l1: &Layout, l2: &Layout, what: &str) -> candle_core::Result<usize> {
-    let c = l1.shape().dims().last().copied().unwrap_or(0);
+    let c = last_dim(l1);
     shapes_agree(c > 0 && l2.shape().dims() == [c], what, l1, l2)?;
     Ok(c)
 }
@@ -465,7 +479,7 @@ impl CustomOp1 for SumRows {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let c = l.shape().dims().last().copied().unwrap_or(0);
+        let c = last_dim(l);
         if c == 0 {
             bail!("faceres op: no channels to sum: {:?}", l.shape());
         }
@@ -482,13 +496,7 @@ impl CustomOp1 for SumRows {
                 acc
             })
             .collect();
-        let mut sum = vec![0f32; c];
-        for p in &partial {
-            for (a, &v) in sum.iter_mut().zip(p) {
-                *a += v;
-            }
-        }
-        Ok((CpuStorage::F32(sum), Shape::from(c)))
+        Ok((CpuStorage::F32(add_in_order(&partial, c)), Shape::from(c)))
     }
 }
 
@@ -588,8 +596,13 @@ impl CustomOp2 for ChannelStdGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, w, c) = l1.shape().dims4()?;
-        shapes_agree(l2.shape().dims() == [b, c], "map and gradient", l1, l2)?;
         let n = h * w;
+        shapes_agree(
+            n > 0 && c > 0 && l2.shape().dims() == [b, c],
+            "map and gradient",
+            l1,
+            l2,
+        )?;
         let (x, scale) = (values(s1, l1)?, values(s2, l2)?);
         let mut gx = vec![0f32; x.len()];
         gx.par_chunks_mut(n * c)
