@@ -77,6 +77,11 @@ pub struct Args {
     /// known to be edited: CIPLAB codes, self-blended fakes; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub region_weight: f64,
+    /// Datasets whose fakes are face swaps (e.g. `dfdc`): region labels
+    /// and alignment targets for their inner face and its blended outline
+    /// instead of none. Comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "DATASET")]
+    pub swap_fakes: Vec<String>,
     /// Share of source groups held out for validation.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
@@ -116,6 +121,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;
     opts.region_weight = args.region_weight;
+    opts.swap_fakes.clone_from(&args.swap_fakes);
     opts.val_fraction = args.val_fraction;
     opts.seed = args.seed;
     opts.resume = !args.no_resume;

@@ -94,6 +94,11 @@ pub struct Sample {
     pub split: Split,
     /// Edited regions, for CIPLAB-style fakes.
     pub region_code: Option<RegionCode>,
+    /// A fake known to be a face swap (its dataset named in
+    /// `TrainOptions::swap_fakes`): the inner face replaced and blended
+    /// in along the face outline.
+    #[serde(default)]
+    pub face_swap: bool,
 }
 
 /// Reads `groups.csv` (`label,file,source_video`, or any header with a
@@ -170,6 +175,7 @@ pub fn collect_samples(roots: &[PathBuf], val_fraction: f64) -> Result<Vec<Sampl
                     label: item.label,
                     group,
                     split: Split::Train,
+                    face_swap: false,
                 }
             })
             .collect();

@@ -135,6 +135,13 @@ pub struct TrainOptions {
     /// edited regions are known (CIPLAB codes, self-blended fakes; real
     /// faces: none) against those regions (0 = off).
     pub region_weight: f64,
+    /// Datasets whose fakes are face swaps (the inner face replaced and
+    /// blended in along the face outline): their fakes get the region
+    /// labels of a self-blended face blend (eyes, nose and mouth edited)
+    /// and alignment targets (the face-boundary ring → "blending
+    /// boundary", patches clear of every facial region → genuine) instead
+    /// of the multiple-instance loss. Empty: none.
+    pub swap_fakes: Vec<String>,
     /// Augmentations.
     pub augment: AugmentOptions,
     /// Random seed (sampling, augmentation, initialisation order).
@@ -167,6 +174,7 @@ impl TrainOptions {
             align_weight: 0.5,
             balance_weight: 0.01,
             region_weight: 0.0,
+            swap_fakes: Vec::new(),
             augment: AugmentOptions::default(),
             seed: 0,
             resume: true,
@@ -276,8 +284,15 @@ struct State {
 }
 
 fn fingerprint(o: &TrainOptions) -> String {
+    // Runs without face-swap datasets keep the fingerprint they had before
+    // the option existed, so that they resume.
+    let swap = if o.swap_fakes.is_empty() {
+        String::new()
+    } else {
+        format!("|swap={}", o.swap_fakes.join(","))
+    };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}{swap}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -404,9 +419,11 @@ fn local_region_labels(edited: &[Region]) -> (Vec<f32>, Vec<f32>) {
 
 /// Region labels of a face as it is (not self-blended): real faces
 /// unedited everywhere, a fake's CIPLAB code as [`local_region_labels`],
-/// other fakes unknown everywhere.
+/// face swaps as a self-blended face blend ([`LOCAL`] edited), other
+/// fakes unknown everywhere.
 fn sample_region_labels(sample: &Sample) -> (Vec<f32>, Vec<f32>) {
     match (sample.label, sample.region_code) {
+        (Label::Fake, None) if sample.face_swap => local_region_labels(&LOCAL),
         (Label::Real, _) => (vec![0.0; REGIONS.len()], vec![1.0; REGIONS.len()]),
         (Label::Fake, Some(code)) => {
             let edited: Vec<Region> = [
@@ -485,6 +502,24 @@ fn make_item(
             })
             .collect()
     };
+    // A face swap: blended in along the face outline, the surroundings
+    // (hair, background) the target's own; the inner face unknown (which
+    // artifact, if any, shows there is not known).
+    let swap_targets = |lm: &[[f32; 2]; 5]| -> Vec<u8> {
+        let masks = region_masks(lm, size, grid);
+        let ring = region_index(Region::FaceBoundary);
+        (0..n)
+            .map(|i| {
+                if masks[ring][i] > 0.5 {
+                    P_BLEND
+                } else if masks.iter().all(|m| m[i] < 0.05) {
+                    P_GENUINE
+                } else {
+                    IGNORE
+                }
+            })
+            .collect()
+    };
     let (label, mut targets, mut region_labels) = if self_blended {
         let sb = self_blend(&img, &lm, &mut rng);
         let edited = match sb.kind {
@@ -513,6 +548,7 @@ fn make_item(
         match (sample.label, sample.region_code) {
             (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n]), regions),
             (Label::Fake, Some(code)) => (1.0, Some(region_targets(code, &lm)), regions),
+            (Label::Fake, None) if sample.face_swap => (1.0, Some(swap_targets(&lm)), regions),
             (Label::Fake, None) => (1.0, None, regions),
         }
     };
@@ -819,6 +855,27 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     })
 }
 
+/// Marks the fakes of the datasets named in `swap` as face swaps.
+///
+/// # Errors
+/// [`TrainError::Options`] for a name that is none of the datasets.
+fn mark_face_swaps(samples: &mut [Sample], swap: &[String]) -> Result<(), TrainError> {
+    for name in swap {
+        if !samples.iter().any(|s| &s.dataset == name) {
+            let mut known: Vec<&str> = samples.iter().map(|s| s.dataset.as_str()).collect();
+            known.dedup();
+            return Err(TrainError::Options(format!(
+                "--swap-fakes {name}: no such dataset (found: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    for s in samples.iter_mut() {
+        s.face_swap = s.label == Label::Fake && swap.contains(&s.dataset);
+    }
+    Ok(())
+}
+
 /// Trains, writing checkpoints as it goes; see the module documentation.
 /// On the CPU a process should first call
 /// [`crate::model::device::keep_freed_memory`] (an allocator setting for the
@@ -846,7 +903,8 @@ pub fn train(
         path: opts.out.clone(),
         message: e.to_string(),
     })?;
-    let samples = data::collect_samples(&opts.data, opts.val_fraction)?;
+    let mut samples = data::collect_samples(&opts.data, opts.val_fraction)?;
+    mark_face_swaps(&mut samples, &opts.swap_fakes)?;
     write_split(&opts.out.join("split.csv"), &samples)?;
     on_event(TrainEvent::Message(format!(
         "{} images, {} for validation",
@@ -1458,6 +1516,31 @@ mod tests {
     /// left and right; real faces are unedited everywhere; other fakes are
     /// unknown everywhere; a self-blended fake marks what was blended.
     #[test]
+    fn face_swaps_are_marked_by_dataset_name() {
+        let s = |dataset: &str, label| Sample {
+            path: PathBuf::from("x.jpg"),
+            dataset: dataset.into(),
+            label,
+            group: "g".into(),
+            split: Split::Train,
+            region_code: None,
+            face_swap: false,
+        };
+        let mut samples = vec![
+            s("dfdc", Label::Fake),
+            s("dfdc", Label::Real),
+            s("ciplab", Label::Fake),
+        ];
+        assert!(mark_face_swaps(&mut samples, &["dfdc".into()]).is_ok());
+        let marked: Vec<bool> = samples.iter().map(|s| s.face_swap).collect();
+        assert_eq!(marked, [true, false, false]);
+        let err = mark_face_swaps(&mut samples, &["dfcd".into()]);
+        assert!(
+            matches!(err, Err(TrainError::Options(m)) if m.contains("dfcd") && m.contains("ciplab"))
+        );
+    }
+
+    #[test]
     #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
     fn region_labels_follow_codes_flips_and_blends() {
         use crate::face::template::TEMPLATE_LANDMARKS;
@@ -1474,6 +1557,7 @@ mod tests {
             split: Split::Train,
             region_code: code
                 .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
+            face_swap: false,
         };
         let item = |s: &Sample, blend: bool, flip: f64| {
             let aug = AugmentOptions {
@@ -1496,6 +1580,27 @@ mod tests {
         assert!(real.region_weights.iter().all(|&w| w == 1.0));
         let other = item(&sample(Label::Fake, None), false, 0.0);
         assert!(other.region_weights.iter().all(|&w| w == 0.0));
+        assert!(other.targets.is_none());
+        // A face swap: eyes, nose and mouth edited, the rest unknown; the
+        // outline "blending boundary", the surroundings genuine, the
+        // inner face ignored.
+        let swap = Sample {
+            face_swap: true,
+            ..sample(Label::Fake, None)
+        };
+        let m = item(&swap, false, 0.0);
+        assert_eq!(&m.region_labels[..4], &[1.0; 4]);
+        assert_eq!(&m.region_weights[..4], &[1.0; 4]);
+        assert!(m.region_weights[4..].iter().all(|&w| w == 0.0));
+        let t = m.targets.as_deref().unwrap_or_default();
+        assert_eq!(t.len(), 14 * 14);
+        let count = |p: u8| t.iter().filter(|&&x| x == p).count();
+        assert!(count(P_BLEND) >= 20, "{t:?}");
+        assert!(count(P_GENUINE) >= 10, "{t:?}");
+        assert!(count(IGNORE) >= 20, "{t:?}");
+        // The centre of the face (nose) is not a target, a corner is genuine.
+        assert_eq!(t[7 * 14 + 7], IGNORE);
+        assert_eq!(t[0], P_GENUINE);
         // Self-blended from a real face: some local region(s) edited, and
         // only local regions known.
         for seed in 0..8 {
