@@ -458,6 +458,57 @@ struct Item {
     meta: Meta,
 }
 
+/// Per-patch alignment targets of a CIPLAB fake from its region code:
+/// patches well inside an edited region → that region's prompt, patches
+/// clear of every edited region → genuine, the rest ignored.
+fn code_targets(code: RegionCode, lm: &[[f32; 2]; 5], size: f32, grid: usize) -> Vec<u8> {
+    let masks = region_masks(lm, size, grid);
+    let edited = [
+        (code.left_eye, 0usize, P_EYES),
+        (code.right_eye, 1, P_EYES),
+        (code.nose, 2, P_NOSE),
+        (code.mouth, 3, P_MOUTH),
+    ];
+    (0..grid * grid)
+        .map(|i| {
+            let mut t = P_GENUINE;
+            let mut near = false;
+            for &(on, r, p) in &edited {
+                if !on {
+                    continue;
+                }
+                let m = masks[r][i];
+                if m > 0.5 {
+                    t = p;
+                } else if m > 0.05 {
+                    near = true;
+                }
+            }
+            if t == P_GENUINE && near { IGNORE } else { t }
+        })
+        .collect()
+}
+
+/// Per-patch alignment targets of a face swap: blended in along the face
+/// outline (the boundary ring → "blending boundary"), the surroundings
+/// (hair, background) the target's own (genuine), the inner face ignored
+/// (which artifact, if any, shows there is not known).
+fn swap_targets(lm: &[[f32; 2]; 5], size: f32, grid: usize) -> Vec<u8> {
+    let masks = region_masks(lm, size, grid);
+    let ring = &masks[region_index(Region::FaceBoundary)];
+    (0..grid * grid)
+        .map(|i| {
+            if ring[i] > 0.5 {
+                P_BLEND
+            } else if masks.iter().all(|m| m[i] < 0.05) {
+                P_GENUINE
+            } else {
+                IGNORE
+            }
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn make_item(
     sample: &Sample,
@@ -475,51 +526,6 @@ fn make_item(
     #[allow(clippy::cast_precision_loss)]
     let size = img.width() as f32;
     let n = grid * grid;
-    let region_targets = |code: RegionCode, lm: &[[f32; 2]; 5]| -> Vec<u8> {
-        let masks = region_masks(lm, size, grid);
-        let edited = [
-            (code.left_eye, 0usize, P_EYES),
-            (code.right_eye, 1, P_EYES),
-            (code.nose, 2, P_NOSE),
-            (code.mouth, 3, P_MOUTH),
-        ];
-        (0..n)
-            .map(|i| {
-                let mut t = P_GENUINE;
-                let mut near = false;
-                for &(on, r, p) in &edited {
-                    if !on {
-                        continue;
-                    }
-                    let m = masks[r][i];
-                    if m > 0.5 {
-                        t = p;
-                    } else if m > 0.05 {
-                        near = true;
-                    }
-                }
-                if t == P_GENUINE && near { IGNORE } else { t }
-            })
-            .collect()
-    };
-    // A face swap: blended in along the face outline, the surroundings
-    // (hair, background) the target's own; the inner face unknown (which
-    // artifact, if any, shows there is not known).
-    let swap_targets = |lm: &[[f32; 2]; 5]| -> Vec<u8> {
-        let masks = region_masks(lm, size, grid);
-        let ring = region_index(Region::FaceBoundary);
-        (0..n)
-            .map(|i| {
-                if masks[ring][i] > 0.5 {
-                    P_BLEND
-                } else if masks.iter().all(|m| m[i] < 0.05) {
-                    P_GENUINE
-                } else {
-                    IGNORE
-                }
-            })
-            .collect()
-    };
     let (label, mut targets, mut region_labels) = if self_blended {
         let sb = self_blend(&img, &lm, &mut rng);
         let edited = match sb.kind {
@@ -547,8 +553,10 @@ fn make_item(
         let regions = sample_region_labels(sample);
         match (sample.label, sample.region_code) {
             (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n]), regions),
-            (Label::Fake, Some(code)) => (1.0, Some(region_targets(code, &lm)), regions),
-            (Label::Fake, None) if sample.face_swap => (1.0, Some(swap_targets(&lm)), regions),
+            (Label::Fake, Some(code)) => (1.0, Some(code_targets(code, &lm, size, grid)), regions),
+            (Label::Fake, None) if sample.face_swap => {
+                (1.0, Some(swap_targets(&lm, size, grid)), regions)
+            }
             (Label::Fake, None) => (1.0, None, regions),
         }
     };
@@ -1594,7 +1602,11 @@ mod tests {
         assert!(m.region_weights[4..].iter().all(|&w| w == 0.0));
         let t = m.targets.as_deref().unwrap_or_default();
         assert_eq!(t.len(), 14 * 14);
-        let count = |p: u8| t.iter().filter(|&&x| x == p).count();
+        let mut counts = [0usize; 256];
+        for &x in t {
+            counts[usize::from(x)] += 1;
+        }
+        let count = |p: u8| counts[usize::from(p)];
         assert!(count(P_BLEND) >= 20, "{t:?}");
         assert!(count(P_GENUINE) >= 10, "{t:?}");
         assert!(count(IGNORE) >= 20, "{t:?}");
