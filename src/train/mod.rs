@@ -1519,10 +1519,8 @@ mod tests {
         assert!(lr_at(999, 1000, peak) >= 0.05 * peak - 1e-12);
     }
 
-    /// Region labels: a CIPLAB fake's code marks its edited local regions
-    /// (the other local regions unedited, the rest unknown) and a flip swaps
-    /// left and right; real faces are unedited everywhere; other fakes are
-    /// unknown everywhere; a self-blended fake marks what was blended.
+    /// `--swap-fakes` marks the named datasets' fakes only, and refuses a
+    /// name that is no dataset.
     #[test]
     fn face_swaps_are_marked_by_dataset_name() {
         let s = |dataset: &str, label| Sample {
@@ -1548,6 +1546,11 @@ mod tests {
         );
     }
 
+    /// Region labels: a CIPLAB fake's code marks its edited local regions
+    /// (the other local regions unedited, the rest unknown) and a flip swaps
+    /// left and right; real faces are unedited everywhere; face swaps are
+    /// edited in eyes, nose and mouth with boundary targets; other fakes
+    /// are unknown everywhere; a self-blended fake marks what was blended.
     #[test]
     #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
     fn region_labels_follow_codes_flips_and_blends() {
