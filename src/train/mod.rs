@@ -873,7 +873,7 @@ fn mark_face_swaps(samples: &mut [Sample], swap: &[String]) -> Result<(), TrainE
             let mut known: Vec<&str> = samples.iter().map(|s| s.dataset.as_str()).collect();
             known.dedup();
             return Err(TrainError::Options(format!(
-                "--swap-fakes {name}: no such dataset (found: {})",
+                "face-swap dataset {name}: no such dataset (found: {})",
                 known.join(", ")
             )));
         }
