@@ -102,6 +102,7 @@ fn main() {
             chunk
                 .iter()
                 .map(|f| f.as_ref().map_or(&blank, |f| &f.image).as_raw().as_slice()),
+            224,
         );
         let mut x = net.forward_prefix(&px, 0).unwrap();
         for k in 0..13 {

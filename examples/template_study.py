@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Logistic-regression probe on the features of examples/template_study.rs.
+"""Logistic-regression probe on the features of examples/template_study.rs
+(rows of 2048 values) or examples/res_study.rs (rows of 2816: the global
+token's descriptor).
 
 For each feature file: standardise on the training faces, fit scikit-learn's
 LogisticRegression (C = 0.01, each dataset x label group weighted equally,
 as sfam train balances its epochs), and print the validation AUC per domain.
 
     python3 examples/template_study.py OUT_DIR scale1.4 scale1.8 scale2.2
+    python3 examples/template_study.py OUT_DIR size224 size320 size448
 """
 import csv
 import sys
@@ -21,6 +24,12 @@ PARTS = {
     "patch-mean": slice(1024, 1536),
     "patch-max": slice(1536, 2048),
     "pooled+mean": slice(0, 1536),
+}
+DESCRIPTOR_PARTS = {
+    "pooled": slice(0, 1024),
+    "patch-mean": slice(1024, 1536),
+    "texture": slice(1536, 2816),
+    "descriptor": slice(0, 2816),
 }
 
 
@@ -41,7 +50,8 @@ def main():
     print(f"{tr.sum()} training faces, {va.sum()} validation faces; AUC " + " / ".join(DOMAINS))
     for name in sys.argv[2:]:
         x = np.fromfile(f"{d}/{name}.f32", dtype=np.float32).reshape(len(rows), -1)
-        for part, cols in PARTS.items():
+        parts = DESCRIPTOR_PARTS if x.shape[1] == 2816 else PARTS
+        for part, cols in parts.items():
             xp = x[:, cols]
             sc = StandardScaler().fit(xp[tr])
             clf = LogisticRegression(C=0.01, max_iter=3000)

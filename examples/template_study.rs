@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 fn feats(net: &FaceRes, imgs: &[Vec<u8>]) -> Vec<f32> {
     let mut out = Vec::new();
     for chunk in imgs.chunks(32) {
-        let px = common::pixels(chunk.iter().map(Vec::as_slice));
+        let px = common::pixels(chunk.iter().map(Vec::as_slice), 224);
         let (patch, pooled) = net.forward_nhwc(&px).unwrap();
         let (b, h, w, c) = patch.dims4().unwrap();
         let p = patch.reshape((b, h * w, c)).unwrap();

@@ -1,4 +1,5 @@
-//! Shared by the research examples (`template_study`, `level_study`).
+//! Shared by the research examples (`template_study`, `level_study`,
+//! `res_study`).
 
 use std::io::Write;
 use std::path::Path;
@@ -15,16 +16,16 @@ pub fn write_meta(out: &Path, samples: &[Sample], found: impl Iterator<Item = bo
     }
 }
 
-/// `[B, 3, 224, 224]` raw 0–255 pixels (faceres' input) from aligned
-/// 224 × 224 RGB faces, row-major bytes each.
-pub fn pixels<'a>(faces: impl Iterator<Item = &'a [u8]>) -> candle_core::Tensor {
+/// `[B, 3, size, size]` raw 0–255 pixels (faceres' input) from aligned
+/// `size` × `size` RGB faces, row-major bytes each.
+pub fn pixels<'a>(faces: impl Iterator<Item = &'a [u8]>, size: usize) -> candle_core::Tensor {
     let mut flat = Vec::new();
     let mut b = 0;
     for face in faces {
         flat.extend(face.iter().map(|&x| f32::from(x)));
         b += 1;
     }
-    candle_core::Tensor::from_vec(flat, (b, 224, 224, 3), &candle_core::Device::Cpu)
+    candle_core::Tensor::from_vec(flat, (b, size, size, 3), &candle_core::Device::Cpu)
         .unwrap()
         .permute((0, 3, 1, 2))
         .unwrap()

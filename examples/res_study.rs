@@ -1,0 +1,89 @@
+//! Does a larger aligned face help? The pretrained `faceres` descriptor that
+//! the SFAM global token reads (pooled vector, the patch map's mean, the
+//! texture statistics: 2816 values) for every face of `../shared/data`,
+//! aligned to the shipped template scaled to several output sizes (224 is
+//! what `sfam score` does; 448 keeps a DFDC crop at its own resolution) —
+//! the same MTCNN detections and split as `sfam train` — for the
+//! logistic-regression probe of `examples/template_study.py`.
+//!
+//! ```text
+//! cargo run --release --example res_study -- OUT_DIR 224 320 448
+//! python3 examples/template_study.py OUT_DIR size224 size320 size448
+//! ```
+//!
+//! Writes `OUT_DIR/meta.csv` and per size `OUT_DIR/size<S>.f32` (float32
+//! rows of 2816 values). A research script: it stops at the first problem.
+
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names
+)]
+
+mod common;
+
+use candle_core::{D, Device, Tensor};
+use rayon::prelude::*;
+use sfam_studio::face::align::{invert, similarity, warp};
+use sfam_studio::face::template::TEMPLATE_LANDMARKS;
+use sfam_studio::face::{FaceDetector, FaceOptions};
+use sfam_studio::model::faceres::FaceRes;
+use sfam_studio::train::data::collect_samples;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let out = PathBuf::from(std::env::args().nth(1).expect("usage: OUT_DIR SIZE..."));
+    let sizes: Vec<u32> = std::env::args()
+        .skip(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    std::fs::create_dir_all(&out).unwrap();
+    let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
+    let det = FaceDetector::load_default().unwrap();
+    let t = std::time::Instant::now();
+    let found: Vec<Option<(image::RgbImage, [[f32; 2]; 5])>> = samples
+        .par_iter()
+        .map(|s| {
+            let bytes = sfam_studio::data::image::read_image_bytes(&s.path).ok()?;
+            let img = sfam_studio::data::image::decode_rgb(&bytes, &s.path).ok()?;
+            let r = det.faces_in_rgb(&img, &s.path, FaceOptions { tight_crops: true });
+            Some((img, r.faces.first()?.landmarks))
+        })
+        .collect();
+    eprintln!("detected in {:?}", t.elapsed());
+    common::write_meta(&out, &samples, found.iter().map(Option::is_some));
+    let net = FaceRes::load(
+        Path::new("models/faceres/faceres.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for size in sizes {
+        let k = size as f32 / 224.0;
+        let tmpl = TEMPLATE_LANDMARKS.map(|[x, y]| [x * k, y * k]);
+        let s = size as usize;
+        let t = std::time::Instant::now();
+        let mut bytes = Vec::new();
+        for chunk in found.chunks(32) {
+            let imgs: Vec<Vec<u8>> = chunk
+                .par_iter()
+                .map(|f| match f {
+                    Some((img, lm)) => {
+                        let to_al = similarity(lm, &tmpl).unwrap();
+                        warp(img, &invert(&to_al).unwrap(), size).into_raw()
+                    }
+                    None => vec![0u8; s * s * 3],
+                })
+                .collect();
+            let px = common::pixels(imgs.iter().map(Vec::as_slice), s);
+            let o = net.forward_output(&px).unwrap();
+            let mean = o.patch_rows.mean(D::Minus2).unwrap();
+            let all = Tensor::cat(&[&o.pooled, &mean, &o.texture], 1).unwrap();
+            let v = all.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        std::fs::write(out.join(format!("size{size}.f32")), bytes).unwrap();
+        eprintln!("size {size}: {:?}", t.elapsed());
+    }
+}
