@@ -234,6 +234,40 @@ fn same_seed_same_model() {
 }
 
 #[test]
+fn backbone_learning_rate_ratio_scales_the_blocks_steps() {
+    let data = sample_tree();
+    let weights = faceres_weights();
+    let before = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    // At ratio 0 the trained block stays as it was (AdamW's decay is scaled
+    // by the learning rate too) while the head learns.
+    let out = tempfile::tempdir().unwrap();
+    let mut o = options(data.path(), out.path(), faceres(1));
+    o.epochs = 1;
+    o.backbone_lr_ratio = 0.0;
+    let (summary, _) = run(&o);
+    let best = summary.unwrap().best_dir;
+    let after =
+        candle_core::safetensors::load(best.join("faceres.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(max_abs_diff(&before["pw13.weight"], &after["pw13.weight"]), 0.0);
+    assert_eq!(max_abs_diff(&before["dw13.weight"], &after["dw13.weight"]), 0.0);
+    // Resuming this folder at another ratio is another run: refused.
+    o.backbone_lr_ratio = 0.3;
+    o.epochs = 2;
+    assert!(matches!(run(&o).0, Err(TrainError::Options(_))));
+    // A negative or non-finite ratio is refused before any work.
+    for bad in [-0.1, f64::NAN] {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(data.path(), out.path(), faceres(1));
+        o.backbone_lr_ratio = bad;
+        let (r, _) = run(&o);
+        assert!(
+            matches!(&r, Err(TrainError::Options(m)) if m.contains("ratio")),
+            "{bad}: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();

@@ -61,9 +61,12 @@ pub struct Args {
     /// Faces per epoch, balanced over dataset × label.
     #[arg(long, default_value_t = 3072)]
     pub samples_per_epoch: usize,
-    /// Peak learning rate of the head (the backbone gets a tenth).
+    /// Peak learning rate of the head (the backbone gets `--backbone-lr-ratio` of it).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// The trained backbone blocks' peak learning rate as a share of `--lr`.
+    #[arg(long, default_value_t = 0.1)]
+    pub backbone_lr_ratio: f64,
     /// Token dimension of the head.
     #[arg(long, default_value_t = 256)]
     pub dim: usize,
@@ -117,6 +120,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.batch = args.batch;
     opts.samples_per_epoch = args.samples_per_epoch;
     opts.lr = args.lr;
+    opts.backbone_lr_ratio = args.backbone_lr_ratio;
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;

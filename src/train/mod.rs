@@ -117,8 +117,11 @@ pub struct TrainOptions {
     pub batch: usize,
     /// Faces drawn per epoch (balanced over dataset × label).
     pub samples_per_epoch: usize,
-    /// Peak learning rate of the head; the backbone gets a tenth.
+    /// Peak learning rate of the head (and faceres' projections).
     pub lr: f64,
+    /// The trained backbone blocks' peak learning rate as a share of `lr`
+    /// (0.1: a tenth).
+    pub backbone_lr_ratio: f64,
     /// Token dimension of the head.
     pub dim: usize,
     /// Experts per region.
@@ -167,6 +170,7 @@ impl TrainOptions {
             batch: 32,
             samples_per_epoch: 3072,
             lr: 1e-3,
+            backbone_lr_ratio: 0.1,
             dim: 256,
             experts: 4,
             self_blend: 0.15,
@@ -284,13 +288,18 @@ struct State {
 }
 
 fn fingerprint(o: &TrainOptions) -> String {
-    // Runs without face-swap datasets keep the fingerprint they had before
-    // the option existed, so that they resume.
-    let swap = if o.swap_fakes.is_empty() {
+    // Runs without face-swap datasets and at the backbone's default
+    // learning-rate ratio keep the fingerprint they had before those
+    // options existed, so that they resume.
+    let mut swap = if o.swap_fakes.is_empty() {
         String::new()
     } else {
         format!("|swap={}", o.swap_fakes.join(","))
     };
+    #[allow(clippy::float_cmp)] // the default is an exact literal
+    if o.backbone_lr_ratio != 0.1 {
+        swap.push_str(&format!("|bblr={}", o.backbone_lr_ratio));
+    }
     format!(
         "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}{swap}",
         o.backbone,
@@ -907,6 +916,14 @@ pub fn train(
             "epochs and batch must be positive, and samples per epoch at least one batch".into(),
         ));
     }
+    if !(opts.lr.is_finite() && opts.lr > 0.0)
+        || !(opts.backbone_lr_ratio.is_finite() && opts.backbone_lr_ratio >= 0.0)
+    {
+        return Err(TrainError::Options(format!(
+            "the learning rate must be positive and the backbone's ratio at least 0 (got {} and {})",
+            opts.lr, opts.backbone_lr_ratio
+        )));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::Io {
         path: opts.out.clone(),
         message: e.to_string(),
@@ -1094,7 +1111,7 @@ pub fn train(
 
     // Stage 2: fine-tuning, fresh augmentations every epoch.
     let mut opt_new = AdamW::new(new_vars, adamw(opts.lr))?;
-    let mut opt_bb = AdamW::new(bb_vars, adamw(opts.lr * 0.1))?;
+    let mut opt_bb = AdamW::new(bb_vars, adamw(opts.lr * opts.backbone_lr_ratio))?;
     let total_steps = steps * opts.epochs;
     for epoch in state.epochs_done + 1..=total_epochs {
         let t_epoch = Instant::now();
@@ -1107,7 +1124,7 @@ pub fn train(
             let global_step = (epoch - opts.probe_epochs - 1) * steps + step;
             let lr = lr_at(global_step, total_steps, opts.lr);
             opt_new.set_learning_rate(lr);
-            opt_bb.set_learning_rate(lr * 0.1);
+            opt_bb.set_learning_rate(lr * opts.backbone_lr_ratio);
             let Some(chunk) = draws.get(step * opts.batch..(step + 1) * opts.batch) else {
                 break;
             };
