@@ -28,7 +28,6 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::ARCFACE_112;
-use sfam_studio::face::{FaceDetector, FaceOptions};
 use sfam_studio::model::faceres::FaceRes;
 use sfam_studio::train::data::collect_samples;
 use std::path::{Path, PathBuf};
@@ -56,23 +55,7 @@ fn main() {
         .collect();
     std::fs::create_dir_all(&out).unwrap();
     let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
-    let det = FaceDetector::load_default().unwrap();
-    let t = std::time::Instant::now();
-    let found: Vec<Option<(image::RgbImage, [[f32; 2]; 5])>> = samples
-        .par_iter()
-        .map(|s| {
-            let bytes = sfam_studio::data::image::read_image_bytes(&s.path).ok()?;
-            let img = sfam_studio::data::image::decode_rgb(&bytes, &s.path).ok()?;
-            let r = det.faces_in_rgb(&img, &s.path, FaceOptions { tight_crops: true });
-            let lm = r.faces.first()?.landmarks;
-            Some((img, lm))
-        })
-        .collect();
-    eprintln!(
-        "detected {} in {:?}",
-        found.iter().filter(|f| f.is_some()).count(),
-        t.elapsed()
-    );
+    let found = common::detect_all(&samples);
     common::write_meta(&out, &samples, found.iter().map(Option::is_some));
     let net = FaceRes::load(
         Path::new("models/faceres/faceres.safetensors"),

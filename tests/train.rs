@@ -248,8 +248,14 @@ fn backbone_learning_rate_ratio_scales_the_blocks_steps() {
     let best = summary.unwrap().best_dir;
     let after =
         candle_core::safetensors::load(best.join("faceres.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(max_abs_diff(&before["pw13.weight"], &after["pw13.weight"]), 0.0);
-    assert_eq!(max_abs_diff(&before["dw13.weight"], &after["dw13.weight"]), 0.0);
+    assert_eq!(
+        max_abs_diff(&before["pw13.weight"], &after["pw13.weight"]),
+        0.0
+    );
+    assert_eq!(
+        max_abs_diff(&before["dw13.weight"], &after["dw13.weight"]),
+        0.0
+    );
     // Resuming this folder at another ratio is another run: refused.
     o.backbone_lr_ratio = 0.3;
     o.epochs = 2;

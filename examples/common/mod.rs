@@ -4,7 +4,37 @@
 use std::io::Write;
 use std::path::Path;
 
+use rayon::prelude::*;
+use sfam_studio::face::{FaceDetector, FaceOptions};
 use sfam_studio::train::data::Sample;
+
+/// An image with its first face's five landmarks.
+#[allow(dead_code)] // not every example detects
+pub type Found = Option<(image::RgbImage, [[f32; 2]; 5])>;
+
+/// Every sample's image and first face (MTCNN with the tight-crop
+/// fallback, as `sfam train`), in sample order; `None` where no face was
+/// found or the file did not decode.
+#[allow(dead_code)] // not every example detects
+pub fn detect_all(samples: &[Sample]) -> Vec<Found> {
+    let det = FaceDetector::load_default().unwrap();
+    let t = std::time::Instant::now();
+    let found: Vec<Found> = samples
+        .par_iter()
+        .map(|s| {
+            let bytes = sfam_studio::data::image::read_image_bytes(&s.path).ok()?;
+            let img = sfam_studio::data::image::decode_rgb(&bytes, &s.path).ok()?;
+            let r = det.faces_in_rgb(&img, &s.path, FaceOptions { tight_crops: true });
+            Some((img, r.faces.first()?.landmarks))
+        })
+        .collect();
+    eprintln!(
+        "detected {} in {:?}",
+        found.iter().filter(|f| f.is_some()).count(),
+        t.elapsed()
+    );
+    found
+}
 
 /// Writes `out/meta.csv`: each sample's dataset, label, split and whether a
 /// face was found (`found`, in sample order), the rows of the feature files.

@@ -291,17 +291,19 @@ fn fingerprint(o: &TrainOptions) -> String {
     // Runs without face-swap datasets and at the backbone's default
     // learning-rate ratio keep the fingerprint they had before those
     // options existed, so that they resume.
-    let mut swap = if o.swap_fakes.is_empty() {
+    let swap = if o.swap_fakes.is_empty() {
         String::new()
     } else {
         format!("|swap={}", o.swap_fakes.join(","))
     };
     #[allow(clippy::float_cmp)] // the default is an exact literal
-    if o.backbone_lr_ratio != 0.1 {
-        swap.push_str(&format!("|bblr={}", o.backbone_lr_ratio));
-    }
+    let bblr = if o.backbone_lr_ratio == 0.1 {
+        String::new()
+    } else {
+        format!("|bblr={}", o.backbone_lr_ratio)
+    };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}{swap}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}{swap}{bblr}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -916,9 +918,8 @@ pub fn train(
             "epochs and batch must be positive, and samples per epoch at least one batch".into(),
         ));
     }
-    if !(opts.lr.is_finite() && opts.lr > 0.0)
-        || !(opts.backbone_lr_ratio.is_finite() && opts.backbone_lr_ratio >= 0.0)
-    {
+    let positive_lr = opts.lr.is_finite() && opts.lr > 0.0;
+    if !(positive_lr && opts.backbone_lr_ratio.is_finite() && opts.backbone_lr_ratio >= 0.0) {
         return Err(TrainError::Options(format!(
             "the learning rate must be positive and the backbone's ratio at least 0 (got {} and {})",
             opts.lr, opts.backbone_lr_ratio
@@ -1534,6 +1535,36 @@ mod tests {
         assert!((lr_at(49, 1000, peak) - peak).abs() < 1e-9);
         assert!(lr_at(999, 1000, peak) < 0.1 * peak);
         assert!(lr_at(999, 1000, peak) >= 0.05 * peak - 1e-12);
+    }
+
+    /// Options added after a run began must not change that run's
+    /// fingerprint at their defaults: the default command's run folder
+    /// (this string from its `state.json`) still resumes. Set, they do.
+    #[test]
+    fn fingerprint_of_older_runs_is_kept() {
+        let mut o = TrainOptions::new(
+            vec![PathBuf::from("data")],
+            PathBuf::from("out"),
+            BackboneChoice::FaceRes {
+                weights: PathBuf::from("/m/faceres.safetensors"),
+                train_blocks: 9,
+            },
+        );
+        o.probe_epochs = 12;
+        o.epochs = 40;
+        o.region_weight = 2.0;
+        assert_eq!(
+            fingerprint(&o),
+            "FaceRes { weights: \"/m/faceres.safetensors\", train_blocks: 9 }|probe=12x2|dim=256|experts=4|seed=0|batch=32|spe=3072|lr=0.001|sb=0.15|val=0.2|aw=0.5|bw=0.01|rw=2|aug=AugmentOptions { flip: 0.5, color: 0.5, jpeg: 0.3, blur: 0.15, downscale: 0.25, border: 0.3 }"
+        );
+        let old = fingerprint(&o);
+        o.epochs = 60;
+        assert_eq!(fingerprint(&o), old, "more epochs continue a run");
+        o.backbone_lr_ratio = 0.3;
+        assert_ne!(fingerprint(&o), old);
+        o.backbone_lr_ratio = 0.1;
+        o.swap_fakes = vec!["dfdc".into()];
+        assert_ne!(fingerprint(&o), old);
     }
 
     /// `--swap-fakes` marks the named datasets' fakes only, and refuses a
