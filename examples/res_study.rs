@@ -24,29 +24,13 @@
 
 mod common;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use rayon::prelude::*;
 use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
-use sfam_studio::model::faceres::FaceRes;
-use sfam_studio::train::data::collect_samples;
-use std::path::{Path, PathBuf};
 
 fn main() {
-    let out = PathBuf::from(std::env::args().nth(1).expect("usage: OUT_DIR SIZE..."));
-    let sizes: Vec<u32> = std::env::args()
-        .skip(2)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    std::fs::create_dir_all(&out).unwrap();
-    let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
-    let found = common::detect_all(&samples);
-    common::write_meta(&out, &samples, found.iter().map(Option::is_some));
-    let net = FaceRes::load(
-        Path::new("models/faceres/faceres.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (out, sizes, found, net) = common::detecting_study::<u32>();
     for size in sizes {
         let k = size as f32 / 224.0;
         let tmpl = TEMPLATE_LANDMARKS.map(|[x, y]| [x * k, y * k]);

@@ -24,13 +24,11 @@
 
 mod common;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use rayon::prelude::*;
 use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::ARCFACE_112;
 use sfam_studio::model::faceres::FaceRes;
-use sfam_studio::train::data::collect_samples;
-use std::path::{Path, PathBuf};
 
 fn feats(net: &FaceRes, imgs: &[Vec<u8>]) -> Vec<f32> {
     let mut out = Vec::new();
@@ -48,20 +46,7 @@ fn feats(net: &FaceRes, imgs: &[Vec<u8>]) -> Vec<f32> {
 }
 
 fn main() {
-    let out = PathBuf::from(std::env::args().nth(1).expect("usage: OUT_DIR SCALE..."));
-    let scales: Vec<f32> = std::env::args()
-        .skip(2)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    std::fs::create_dir_all(&out).unwrap();
-    let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
-    let found = common::detect_all(&samples);
-    common::write_meta(&out, &samples, found.iter().map(Option::is_some));
-    let net = FaceRes::load(
-        Path::new("models/faceres/faceres.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (out, scales, found, net) = common::detecting_study::<f32>();
     for s in scales {
         // Centred horizontally; vertically shifted up in proportion to the
         // scale (8 px at 1.4, as the first template was).

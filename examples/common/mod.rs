@@ -2,11 +2,12 @@
 //! `res_study`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use sfam_studio::face::{FaceDetector, FaceOptions};
-use sfam_studio::train::data::Sample;
+use sfam_studio::model::faceres::FaceRes;
+use sfam_studio::train::data::{Sample, collect_samples};
 
 /// An image with its first face's five landmarks.
 #[allow(dead_code)] // not every example detects
@@ -61,4 +62,29 @@ pub fn pixels<'a>(faces: impl Iterator<Item = &'a [u8]>, size: usize) -> candle_
         .unwrap()
         .contiguous()
         .unwrap()
+}
+
+/// Where a detecting study starts: `OUT_DIR` (created) and the values after
+/// it on the command line, every face of `../shared/data` found
+/// ([`detect_all`]; `OUT_DIR/meta.csv` written) and the pretrained network.
+#[allow(dead_code)] // not every example detects
+pub fn detecting_study<T: std::str::FromStr>() -> (PathBuf, Vec<T>, Vec<Found>, FaceRes)
+where
+    T::Err: std::fmt::Debug,
+{
+    let out = PathBuf::from(std::env::args().nth(1).expect("usage: OUT_DIR VALUE..."));
+    let values: Vec<T> = std::env::args()
+        .skip(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    std::fs::create_dir_all(&out).unwrap();
+    let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
+    let found = detect_all(&samples);
+    write_meta(&out, &samples, found.iter().map(Option::is_some));
+    let net = FaceRes::load(
+        std::path::Path::new("models/faceres/faceres.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    (out, values, found, net)
 }
