@@ -73,6 +73,10 @@ pub struct Args {
     /// Experts per region.
     #[arg(long, default_value_t = 4)]
     pub experts: usize,
+    /// Probability of a geometric jitter of each training face (scale ±8 %,
+    /// rotation ±8°, shift ±8 px; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f64,
     /// Share of self-blended fakes per epoch (0 turns them off).
     #[arg(long, default_value_t = 0.15)]
     pub self_blend: f64,
@@ -121,6 +125,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.samples_per_epoch = args.samples_per_epoch;
     opts.lr = args.lr;
     opts.backbone_lr_ratio = args.backbone_lr_ratio;
+    opts.augment.jitter = args.jitter;
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;

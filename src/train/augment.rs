@@ -15,7 +15,7 @@
 use image::{Rgb, RgbImage, imageops};
 use rand::Rng;
 
-use crate::face::align::{Affine, warp};
+use crate::face::align::{Affine, apply, invert, warp};
 use crate::face::regions::{REGIONS, Region, region_masks};
 
 /// How strong each augmentation is and how often it is applied.
@@ -33,6 +33,10 @@ pub struct AugmentOptions {
     pub downscale: f64,
     /// Probability of a random black border (0–25 % per side).
     pub border: f64,
+    /// Probability of a geometric jitter of the aligned face before
+    /// everything else (scale ±8 %, rotation ±8°, shift ±8 px: see
+    /// [`geometric_jitter`]); 0 (off) by default.
+    pub jitter: f64,
 }
 
 impl Default for AugmentOptions {
@@ -44,6 +48,7 @@ impl Default for AugmentOptions {
             blur: 0.15,
             downscale: 0.25,
             border: 0.3,
+            jitter: 0.0,
         }
     }
 }
@@ -59,6 +64,7 @@ impl AugmentOptions {
             blur: 0.0,
             downscale: 0.0,
             border: 0.0,
+            jitter: 0.0,
         }
     }
 }
@@ -69,6 +75,41 @@ impl AugmentOptions {
 pub fn mirror_landmarks(l: &[[f32; 2]; 5], size: f32) -> [[f32; 2]; 5] {
     let m = |p: [f32; 2]| [size - 1.0 - p[0], p[1]];
     [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])]
+}
+
+/// A random similarity transform of an aligned face about its centre —
+/// scale × 0.92–1.08, rotation ±8°, shift ±8 px (half a patch) — with its
+/// landmarks moved alike, so that every target computed from them after
+/// (region masks, CIPLAB codes, self-blend masks) follows the face. What
+/// comes into view at the edges is black, as the black-border
+/// augmentation's margins. Against learning training faces by heart: the
+/// alignment puts every face at the same place to the pixel.
+#[must_use]
+pub fn geometric_jitter<R: Rng>(
+    img: &RgbImage,
+    landmarks: &[[f32; 2]; 5],
+    rng: &mut R,
+) -> (RgbImage, [[f32; 2]; 5]) {
+    let scale = rng.random_range(0.92..1.08_f32);
+    let angle = rng.random_range(-8.0..8.0_f32).to_radians();
+    let (dx, dy) = (
+        rng.random_range(-8.0..8.0_f32),
+        rng.random_range(-8.0..8.0_f32),
+    );
+    let (w, h) = img.dimensions();
+    #[allow(clippy::cast_precision_loss)]
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let (sin, cos) = angle.sin_cos();
+    let (a, b) = (scale * cos, scale * sin);
+    // face → jittered: p' = s·R·(p − c) + c + d
+    let forward: Affine = [
+        [a, -b, cx + dx - a * cx + b * cy],
+        [b, a, cy + dy - b * cx - a * cy],
+    ];
+    let Some(back) = invert(&forward) else {
+        return (img.clone(), *landmarks);
+    };
+    (warp(img, &back, w), landmarks.map(|p| apply(&forward, p)))
 }
 
 /// Brightness, contrast and saturation factors applied in one pass.
@@ -382,6 +423,7 @@ mod tests {
             blur: 1.0,
             downscale: 1.0,
             border: 1.0,
+            jitter: 0.0,
         };
         let run = |seed| {
             let mut img = face();
@@ -392,6 +434,61 @@ mod tests {
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
         assert_ne!(run(3), face());
+    }
+
+    /// A bright dot on each landmark lands, after the jitter, where the
+    /// jittered landmarks say; the transforms vary with the seed.
+    #[test]
+    fn geometric_jitter_moves_landmarks_with_the_face() {
+        let marks = TEMPLATE_LANDMARKS.map(|p| p.map(f32::round));
+        let mut img = RgbImage::new(224, 224);
+        for p in marks {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let (x, y) = (p[0] as u32, p[1] as u32);
+            for (dx, dy) in [0, 1, 2].into_iter().flat_map(|a| [(a, 0), (a, 1), (a, 2)]) {
+                img.put_pixel(x + dx - 1, y + dy - 1, Rgb([255, 255, 255]));
+            }
+        }
+        let mut moved = Vec::new();
+        for seed in 0..8 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (out, lm) = geometric_jitter(&img, &marks, &mut rng);
+            assert_eq!(out.dimensions(), (224, 224));
+            for (p, q) in lm.iter().zip(&marks) {
+                // Within the ranges: at most 8 % · 130 px + 8° · 130 px + 11 px.
+                assert!((p[0] - q[0]).hypot(p[1] - q[1]) < 40.0, "{p:?} from {q:?}");
+                // The dot's centroid (of the 9 × 9 window around the
+                // jittered landmark) is on it.
+                #[allow(clippy::cast_possible_truncation)]
+                let (cx, cy) = (p[0].round() as i64, p[1].round() as i64);
+                let (mut sum, mut sx, mut sy) = (0.0_f32, 0.0_f32, 0.0_f32);
+                for y in cy - 4..=cy + 4 {
+                    for x in cx - 4..=cx + 4 {
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            clippy::cast_sign_loss,
+                            clippy::cast_precision_loss
+                        )]
+                        {
+                            let v = f32::from(out.get_pixel(x as u32, y as u32)[0]);
+                            sum += v;
+                            sx += v * x as f32;
+                            sy += v * y as f32;
+                        }
+                    }
+                }
+                assert!(sum > 1000.0, "no dot near {p:?} (seed {seed})");
+                let d = (sx / sum - p[0]).hypot(sy / sum - p[1]);
+                assert!(d < 0.5, "dot {d} px from {p:?} (seed {seed})");
+            }
+            moved.push(lm[0]);
+        }
+        assert!(
+            moved
+                .windows(2)
+                .all(|w| (w[0][0] - w[1][0]).abs() + (w[0][1] - w[1][1]).abs() > 1e-3),
+            "{moved:?}"
+        );
     }
 
     #[test]

@@ -35,7 +35,10 @@ use crate::metrics::{Evaluation, EvaluationOptions};
 use crate::model::ModelError;
 use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput};
 use crate::model::preprocess::preprocess_clip;
-use augment::{AugmentOptions, BlendKind, augment, mask_to_grid, mirror_landmarks, self_blend};
+use augment::{
+    AugmentOptions, BlendKind, augment, geometric_jitter, mask_to_grid, mirror_landmarks,
+    self_blend,
+};
 use data::{PreparedFace, RegionCode, Sample, Split};
 pub use net::{BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, FeatureStats, Features, TrainNet};
 
@@ -302,8 +305,15 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         format!("|bblr={}", o.backbone_lr_ratio)
     };
+    // The augmentations as they were written before the jitter existed.
+    let a = &o.augment;
+    let jitter = if a.jitter > 0.0 {
+        format!("|jitter={}", a.jitter)
+    } else {
+        String::new()
+    };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug={:?}{swap}{bblr}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -318,7 +328,12 @@ fn fingerprint(o: &TrainOptions) -> String {
         o.align_weight,
         o.balance_weight,
         o.region_weight,
-        o.augment
+        a.flip,
+        a.color,
+        a.jpeg,
+        a.blur,
+        a.downscale,
+        a.border,
     )
 }
 
@@ -534,6 +549,11 @@ fn make_item(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut img = face.image.clone();
     let mut lm = face.landmarks;
+    // Before any target is made from the landmarks. At 0 no random number
+    // is drawn, so runs without it keep their augmentations.
+    if aug.jitter > 0.0 && rng.random_bool(aug.jitter.min(1.0)) {
+        (img, lm) = geometric_jitter(&img, &lm, &mut rng);
+    }
     #[allow(clippy::cast_precision_loss)]
     let size = img.width() as f32;
     let n = grid * grid;
@@ -1564,6 +1584,9 @@ mod tests {
         assert_ne!(fingerprint(&o), old);
         o.backbone_lr_ratio = 0.1;
         o.swap_fakes = vec!["dfdc".into()];
+        assert_ne!(fingerprint(&o), old);
+        o.swap_fakes.clear();
+        o.augment.jitter = 0.5;
         assert_ne!(fingerprint(&o), old);
     }
 
