@@ -67,6 +67,13 @@ pub struct Args {
     /// The trained backbone blocks' peak learning rate as a share of `--lr`.
     #[arg(long, default_value_t = 0.1)]
     pub backbone_lr_ratio: f64,
+    /// Decoupled weight decay of `AdamW`, every trained variable.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Dropout of the head's inputs (patch rows and global descriptor)
+    /// while training (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
     /// Token dimension of the head.
     #[arg(long, default_value_t = 256)]
     pub dim: usize,
@@ -125,6 +132,8 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.samples_per_epoch = args.samples_per_epoch;
     opts.lr = args.lr;
     opts.backbone_lr_ratio = args.backbone_lr_ratio;
+    opts.weight_decay = args.weight_decay;
+    opts.dropout = args.dropout;
     opts.augment.jitter = args.jitter;
     opts.dim = args.dim;
     opts.experts = args.experts;

@@ -125,6 +125,13 @@ pub struct TrainOptions {
     /// The trained backbone blocks' peak learning rate as a share of `lr`
     /// (0.1: a tenth).
     pub backbone_lr_ratio: f64,
+    /// Decoupled weight decay of `AdamW` (every trained variable; 1e-4
+    /// before this option existed).
+    pub weight_decay: f64,
+    /// Dropout of the head's inputs (the standardised patch rows and
+    /// global descriptor) while training, probe and fine-tuning stages
+    /// alike (0 = off).
+    pub dropout: f64,
     /// Token dimension of the head.
     pub dim: usize,
     /// Experts per region.
@@ -174,6 +181,8 @@ impl TrainOptions {
             samples_per_epoch: 3072,
             lr: 1e-3,
             backbone_lr_ratio: 0.1,
+            weight_decay: 1e-4,
+            dropout: 0.0,
             dim: 256,
             experts: 4,
             self_blend: 0.15,
@@ -305,6 +314,17 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         format!("|bblr={}", o.backbone_lr_ratio)
     };
+    #[allow(clippy::float_cmp)] // the default is an exact literal
+    let wd = if o.weight_decay == 1e-4 {
+        String::new()
+    } else {
+        format!("|wd={}", o.weight_decay)
+    };
+    let dropout = if o.dropout > 0.0 {
+        format!("|dropout={}", o.dropout)
+    } else {
+        String::new()
+    };
     // The augmentations as they were written before the jitter existed.
     let a = &o.augment;
     let jitter = if a.jitter > 0.0 {
@@ -313,7 +333,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -945,6 +965,13 @@ pub fn train(
             opts.lr, opts.backbone_lr_ratio
         )));
     }
+    let decay_ok = opts.weight_decay.is_finite() && opts.weight_decay >= 0.0;
+    if !(decay_ok && (opts.dropout.is_nan() || opts.dropout < 1.0)) {
+        return Err(TrainError::Options(format!(
+            "the weight decay must be at least 0 and the dropout below 1 (got {} and {})",
+            opts.weight_decay, opts.dropout
+        )));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::Io {
         path: opts.out.clone(),
         message: e.to_string(),
@@ -1087,7 +1114,7 @@ pub fn train(
             bank.items.len(),
             t0.elapsed().as_secs_f64()
         )));
-        let mut opt = AdamW::new(new_vars.clone(), adamw(opts.lr))?;
+        let mut opt = AdamW::new(new_vars.clone(), adamw(opts.lr, opts.weight_decay))?;
         let total_steps = steps * opts.probe_epochs;
         for epoch in state.epochs_done + 1..=opts.probe_epochs {
             let t_epoch = Instant::now();
@@ -1096,6 +1123,7 @@ pub fn train(
                 opts.seed ^ 0x0050_7265 ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407),
             );
             let mut sums = LossSums::default();
+            net.set_dropout(opts.dropout, dropout_seed(opts.seed, epoch));
             for step in 0..steps {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(TrainError::Cancelled);
@@ -1122,6 +1150,7 @@ pub fn train(
                     loss: sums.last,
                 });
             }
+            net.set_dropout(0.0, 0);
             let records = bank.validate(&net, &samples, opts.batch, &shape, cancel)?;
             let row = finish_epoch(
                 &net, &run, &mut state, epoch, "probe", t_epoch, &sums, steps, &records,
@@ -1131,13 +1160,17 @@ pub fn train(
     }
 
     // Stage 2: fine-tuning, fresh augmentations every epoch.
-    let mut opt_new = AdamW::new(new_vars, adamw(opts.lr))?;
-    let mut opt_bb = AdamW::new(bb_vars, adamw(opts.lr * opts.backbone_lr_ratio))?;
+    let mut opt_new = AdamW::new(new_vars, adamw(opts.lr, opts.weight_decay))?;
+    let mut opt_bb = AdamW::new(
+        bb_vars,
+        adamw(opts.lr * opts.backbone_lr_ratio, opts.weight_decay),
+    )?;
     let total_steps = steps * opts.epochs;
     for epoch in state.epochs_done + 1..=total_epochs {
         let t_epoch = Instant::now();
         let draws = draw_epoch(&train_idx, &samples, opts, epoch);
         let mut sums = LossSums::default();
+        net.set_dropout(opts.dropout, dropout_seed(opts.seed, epoch));
         for step in 0..steps {
             if cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled);
@@ -1184,6 +1217,7 @@ pub fn train(
                 loss: sums.last,
             });
         }
+        net.set_dropout(0.0, 0);
         let records = validate(&net, &samples, &faces, &val_idx, opts.batch, cancel)?;
         let row = finish_epoch(
             &net, &run, &mut state, epoch, "finetune", t_epoch, &sums, steps, &records,
@@ -1197,10 +1231,16 @@ pub fn train(
     })
 }
 
-fn adamw(lr: f64) -> ParamsAdamW {
+/// The seed of an epoch's dropout masks (so that a resumed run draws the
+/// masks an uninterrupted one would have).
+fn dropout_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ 0x0044_726F_7000 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn adamw(lr: f64, weight_decay: f64) -> ParamsAdamW {
     ParamsAdamW {
         lr,
-        weight_decay: 1e-4,
+        weight_decay,
         ..ParamsAdamW::default()
     }
 }

@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use std::cell::RefCell;
 
 use candle_nn::{Init, Module, VarBuilder, VarMap};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -264,6 +264,9 @@ pub struct TrainNet {
     device: Device,
     /// faceres only, once set (see [`FeatureNorm`]).
     norm: Option<FeatureNorm>,
+    /// Dropout of the head's inputs while training: the probability and
+    /// the seeded generator of the masks (`None`: off, as in validation).
+    dropout: RefCell<Option<(f32, ChaCha8Rng)>>,
 }
 
 /// Initial value of a head tensor, by its key.
@@ -468,6 +471,7 @@ impl TrainNet {
             config,
             device: device.clone(),
             norm: None,
+            dropout: RefCell::new(None),
         })
     }
 
@@ -570,13 +574,17 @@ impl TrainNet {
                 ..
             } => {
                 let (patches, global) = self.standardised(&f.patches, &f.global)?;
+                let (patches, global) = self.dropped(&patches, &global)?;
                 self.head.forward(
                     &proj_global.forward(&global)?,
                     &proj_patch.forward(&patches)?,
                     masks,
                 )
             }
-            Body::Clip { .. } => self.head.forward(&f.global, &f.patches, masks),
+            Body::Clip { .. } => {
+                let (patches, global) = self.dropped(&f.patches, &f.global)?;
+                self.head.forward(&global, &patches, masks)
+            }
         }
     }
 
@@ -644,6 +652,7 @@ impl TrainNet {
         };
         let global = GlobalInput::WithTexture.descriptor(&out)?;
         let (rows, global) = self.standardised(&out.patch_rows, &global)?;
+        let (rows, global) = self.dropped(&rows, &global)?;
         let patches = proj_patch.forward(&rows)?;
         self.head
             .forward(&proj_global.forward(&global)?, &patches, masks)
@@ -679,6 +688,36 @@ impl TrainNet {
             )),
             None => Ok((patches.clone(), global.clone())),
         }
+    }
+
+    /// Turns dropout of the head's inputs on (`p` in (0, 1): each value of
+    /// the patch rows and of the global descriptor is zeroed with
+    /// probability `p` and the others scaled by 1 / (1 − p), with masks
+    /// drawn from a generator seeded by `seed`) or off (`p` ≤ 0 or not a
+    /// number; validation and inference).
+    pub fn set_dropout(&self, p: f64, seed: u64) {
+        let on = p > 0.0 && p < 1.0;
+        #[allow(clippy::cast_possible_truncation)]
+        let state = on.then(|| (p as f32, ChaCha8Rng::seed_from_u64(seed)));
+        *self.dropout.borrow_mut() = state;
+    }
+
+    /// Patch rows and global descriptor after dropout (unchanged when it
+    /// is off).
+    fn dropped(&self, patches: &Tensor, global: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut state = self.dropout.borrow_mut();
+        let Some((p, rng)) = state.as_mut() else {
+            return Ok((patches.clone(), global.clone()));
+        };
+        let scale = 1.0 / (1.0 - *p);
+        let mut mask = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let keep: Vec<f32> = (0..t.elem_count())
+                .map(|_| if rng.random::<f32>() < *p { 0.0 } else { scale })
+                .collect();
+            let m = Tensor::from_vec(keep, t.shape(), t.device())?.to_dtype(t.dtype())?;
+            t.mul(&m)
+        };
+        Ok((mask(patches)?, mask(global)?))
     }
 
     /// Rewrites the projections of `tensors` (a backbone file's contents)
