@@ -87,6 +87,11 @@ pub struct Args {
     /// Share of self-blended fakes per epoch (0 turns them off).
     #[arg(long, default_value_t = 0.15)]
     pub self_blend: f64,
+    /// How an epoch's faces are shared among the (dataset, label) groups:
+    /// in proportion to each group's training faces raised to this power
+    /// (0: the same number from every group; 1: in proportion to size).
+    #[arg(long, default_value_t = 0.0)]
+    pub sampling_power: f64,
     /// Weight of the per-region loss (region logits against the regions
     /// known to be edited: CIPLAB codes, self-blended fakes; 0 = off).
     #[arg(long, default_value_t = 0.0)]
@@ -138,6 +143,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;
+    opts.sampling_power = args.sampling_power;
     opts.region_weight = args.region_weight;
     opts.swap_fakes.clone_from(&args.swap_fakes);
     opts.val_fraction = args.val_fraction;

@@ -138,6 +138,11 @@ pub struct TrainOptions {
     pub experts: usize,
     /// Share of each epoch's faces that are self-blended fakes (0 = off).
     pub self_blend: f64,
+    /// How an epoch's faces are shared among the (dataset, label) groups:
+    /// in proportion to each group's number of training faces raised to
+    /// this power — 0: the same number from every group, 1: in proportion
+    /// to their sizes, 0.5 in between.
+    pub sampling_power: f64,
     /// Share of each dataset's source groups held out for validation.
     pub val_fraction: f64,
     /// Weight of the alignment loss.
@@ -186,6 +191,7 @@ impl TrainOptions {
             dim: 256,
             experts: 4,
             self_blend: 0.15,
+            sampling_power: 0.0,
             val_fraction: 0.2,
             align_weight: 0.5,
             balance_weight: 0.01,
@@ -320,6 +326,11 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         format!("|wd={}", o.weight_decay)
     };
+    let sampling = if o.sampling_power > 0.0 {
+        format!("|sp={}", o.sampling_power)
+    } else {
+        String::new()
+    };
     let dropout = if o.dropout > 0.0 {
         format!("|dropout={}", o.dropout)
     } else {
@@ -333,7 +344,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -364,8 +375,9 @@ struct Draw {
     self_blend: bool,
 }
 
-/// One epoch's faces: the same number from every (dataset, label) group,
-/// plus the self-blended share drawn from the real faces.
+/// One epoch's faces: from every (dataset, label) group the same number
+/// (or, with a sampling power, a number in proportion to the group's size
+/// raised to it), plus the self-blended share drawn from the real faces.
 fn draw_epoch(train: &[usize], samples: &[Sample], opts: &TrainOptions, epoch: usize) -> Vec<Draw> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
         opts.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -393,11 +405,11 @@ fn draw_epoch(train: &[usize], samples: &[Sample], opts: &TrainOptions, epoch: u
     } else {
         (opts.samples_per_epoch as f64 * opts.self_blend.clamp(0.0, 1.0)).round() as usize
     };
-    let per_group =
-        (opts.samples_per_epoch - n_blend.min(opts.samples_per_epoch)) / groups.len().max(1);
+    let plain = opts.samples_per_epoch - n_blend.min(opts.samples_per_epoch);
+    let counts = group_counts(&groups, plain, opts.sampling_power);
     let mut out = Vec::with_capacity(opts.samples_per_epoch);
-    for members in groups.values() {
-        for _ in 0..per_group {
+    for (members, &count) in groups.values().zip(&counts) {
+        for _ in 0..count {
             out.push(Draw {
                 index: members[rng.random_range(0..members.len())],
                 self_blend: false,
@@ -421,6 +433,36 @@ fn draw_epoch(train: &[usize], samples: &[Sample], opts: &TrainOptions, epoch: u
     }
     rand::seq::SliceRandom::shuffle(out.as_mut_slice(), &mut rng);
     out
+}
+
+/// How many of `total` faces each group gives (rounded down): equal
+/// shares at power 0 (or below, or NaN), else shares in proportion to
+/// `len^power`.
+fn group_counts<K>(
+    groups: &std::collections::BTreeMap<K, Vec<usize>>,
+    total: usize,
+    power: f64,
+) -> Vec<usize> {
+    if power.is_nan() || power <= 0.0 || power.is_infinite() {
+        // Kept apart from the general case so that runs from before the
+        // option draw exactly the faces they drew.
+        return vec![total / groups.len().max(1); groups.len()];
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let weights: Vec<f64> = groups
+        .values()
+        .map(|m| (m.len() as f64).powf(power))
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    weights
+        .iter()
+        .map(|w| (total as f64 * w / sum).floor() as usize)
+        .collect()
 }
 
 /// What a face contributes to the losses, besides its pixels.
@@ -963,6 +1005,12 @@ pub fn train(
         return Err(TrainError::Options(format!(
             "the learning rate must be positive and the backbone's ratio at least 0 (got {} and {})",
             opts.lr, opts.backbone_lr_ratio
+        )));
+    }
+    if !(opts.sampling_power.is_finite() && opts.sampling_power >= 0.0) {
+        return Err(TrainError::Options(format!(
+            "the sampling power must be at least 0 (got {})",
+            opts.sampling_power
         )));
     }
     let decay_ok = opts.weight_decay.is_finite() && opts.weight_decay >= 0.0;
@@ -1655,6 +1703,68 @@ mod tests {
         assert!(
             matches!(err, Err(TrainError::Options(m)) if m.contains("dfcd") && m.contains("ciplab"))
         );
+    }
+
+    /// Sampling power 0 draws the same number from every group, 1 in
+    /// proportion to the groups' sizes, 0.5 in between; every epoch has
+    /// its number of faces either way.
+    #[test]
+    fn sampling_power_shares_epochs_by_group_size() {
+        let mut samples = Vec::new();
+        for (dataset, label, n) in [
+            ("big", Label::Real, 400),
+            ("big", Label::Fake, 400),
+            ("small", Label::Real, 100),
+            ("small", Label::Fake, 25),
+        ] {
+            for k in 0..n {
+                samples.push(Sample {
+                    path: PathBuf::from(format!("{dataset}/{label:?}/{k}.jpg")),
+                    dataset: dataset.into(),
+                    label,
+                    group: format!("{k}"),
+                    split: Split::Train,
+                    region_code: None,
+                    face_swap: false,
+                });
+            }
+        }
+        let train: Vec<usize> = (0..samples.len()).collect();
+        let drawn = |power: f64| {
+            let mut o = TrainOptions::new(
+                Vec::new(),
+                PathBuf::new(),
+                BackboneChoice::Clip {
+                    dir: PathBuf::new(),
+                },
+            );
+            o.samples_per_epoch = 930;
+            o.self_blend = 0.0;
+            o.sampling_power = power;
+            let draws = draw_epoch(&train, &samples, &o, 1);
+            assert_eq!(draws.len(), 930);
+            let mut n = std::collections::BTreeMap::new();
+            for d in draws {
+                let s = &samples[d.index];
+                *n.entry((s.dataset.clone(), s.label)).or_insert(0usize) += 1;
+            }
+            n.into_values().collect::<Vec<usize>>()
+        };
+        // Groups in key order: big real, big fake, small real, small fake
+        // (rounding down leaves a face or two, drawn from random groups).
+        let equal = drawn(0.0);
+        assert!(equal.iter().all(|&c| (232..=234).contains(&c)), "{equal:?}");
+        // 930 × 400 / 925 = 402.2, × 100 / 925 = 100.5, × 25 / 925 = 25.1.
+        let sized = drawn(1.0);
+        assert!((402..=403).contains(&sized[0]), "{sized:?}");
+        assert!((402..=403).contains(&sized[1]), "{sized:?}");
+        assert!((100..=101).contains(&sized[2]), "{sized:?}");
+        assert!((25..=26).contains(&sized[3]), "{sized:?}");
+        // Square roots 20, 20, 10, 5 of 55: 338.2, 338.2, 169.1, 84.5.
+        let root = drawn(0.5);
+        assert!((338..=339).contains(&root[0]), "{root:?}");
+        assert!((169..=170).contains(&root[2]), "{root:?}");
+        assert!((84..=85).contains(&root[3]), "{root:?}");
     }
 
     /// Region labels: a CIPLAB fake's code marks its edited local regions
