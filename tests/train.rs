@@ -345,6 +345,53 @@ fn dropout_and_weight_decay_regularise_the_head() {
     }
 }
 
+/// `--donor-blend` through both stages (cached probe versions and fresh
+/// fine-tuning faces): seeded, it changes what is learnt (the blended
+/// copies come from other faces), the saved model re-scores what the
+/// trainer recorded, and a probability outside [0, 1] is refused.
+#[test]
+fn donor_blends_train_through_both_stages() {
+    let data = sample_tree();
+    let trained = |donor: f64| {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(data.path(), out.path(), faceres(1));
+        o.probe_epochs = 1;
+        o.probe_views = 2;
+        o.epochs = 1;
+        o.self_blend = 0.5;
+        o.donor_blend = donor;
+        let summary = run(&o).0.unwrap();
+        let head = candle_core::safetensors::load(
+            summary.best_dir.join("sfam_head.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        (out, summary, head)
+    };
+    let (_keep, summary, donated) = trained(1.0);
+    let (_o2, _, again) = trained(1.0);
+    let (_o3, _, own) = trained(0.0);
+    let mut changed = 0.0f32;
+    for (k, v) in &donated {
+        assert_eq!(max_abs_diff(v, &again[k]), 0.0, "{k}: not reproducible");
+        changed = changed.max(max_abs_diff(v, &own[k]));
+    }
+    assert!(changed > 1e-6, "donors changed nothing");
+    let stages: Vec<&str> = summary.log.iter().map(|l| l.stage.as_str()).collect();
+    assert_eq!(stages, ["probe", "finetune"]);
+    reload_and_rescore(&summary.best_dir);
+    for p in [1.5, -0.1, f64::NAN] {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(data.path(), out.path(), faceres(1));
+        o.donor_blend = p;
+        let (r, _) = run(&o);
+        assert!(
+            matches!(&r, Err(TrainError::Options(m)) if m.contains("donor")),
+            "{p}: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();

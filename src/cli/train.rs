@@ -87,6 +87,11 @@ pub struct Args {
     /// Share of self-blended fakes per epoch (0 turns them off).
     #[arg(long, default_value_t = 0.15)]
     pub self_blend: f64,
+    /// Probability that a self-blended fake is blended with another real
+    /// training face of its dataset (a donor, warped onto the face and
+    /// matched to its colour) instead of with itself (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub donor_blend: f64,
     /// How an epoch's faces are shared among the (dataset, label) groups:
     /// in proportion to each group's training faces raised to this power
     /// (0: the same number from every group; 1: in proportion to size).
@@ -143,6 +148,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;
+    opts.donor_blend = args.donor_blend;
     opts.sampling_power = args.sampling_power;
     opts.region_weight = args.region_weight;
     opts.swap_fakes.clone_from(&args.swap_fakes);

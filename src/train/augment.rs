@@ -10,12 +10,16 @@
 //! A self-blended fake (after Shiohara & Yamasaki, "Detecting Deepfakes
 //! with Self-Blended Images", CVPR 2022) is a real face blended with a
 //! colour- and geometry-transformed copy of itself inside a face-shaped
-//! (or region-shaped) soft mask; the mask gives the alignment target.
+//! (or region-shaped) soft mask; the mask gives the alignment target. A
+//! donor blend (after Li et al., "Face X-ray for More General Face Forgery
+//! Detection", CVPR 2020) takes the copy from another real face instead,
+//! warped onto this face's landmarks and matched to its colour under the
+//! mask — a composite of two people, as CIPLAB's edits are.
 
 use image::{Rgb, RgbImage, imageops};
 use rand::Rng;
 
-use crate::face::align::{Affine, apply, invert, warp};
+use crate::face::align::{Affine, apply, invert, similarity, warp};
 use crate::face::regions::{REGIONS, Region, region_masks};
 
 /// How strong each augmentation is and how often it is applied.
@@ -232,14 +236,31 @@ pub struct SelfBlend {
 }
 
 /// Blends `img` (an aligned face with landmarks `landmarks`) with a
-/// transformed copy of itself: colour shift, slight scale and shift,
+/// transformed copy of itself — or, with `donor` (another aligned face and
+/// its landmarks), of the donor warped onto `landmarks` by the similarity
+/// between the two landmark sets: colour shift, slight scale and shift,
 /// blur or sharpening, inside a soft mask over the face or over one region.
+/// A donor's colour is then matched to `img`'s under the mask (the mean of
+/// each channel, times the colour shift drawn for the copy), so that the
+/// blend differs by a skin-tone step no larger than a self-blend's.
+/// Without a donor the random numbers drawn are the same as before donors
+/// existed.
 #[must_use]
 #[allow(clippy::many_single_char_names, clippy::too_many_lines)] // w, h, t (transform), cx, cy
-pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: &[[f32; 2]; 5], rng: &mut R) -> SelfBlend {
+pub fn self_blend<R: Rng>(
+    img: &RgbImage,
+    landmarks: &[[f32; 2]; 5],
+    donor: Option<(&RgbImage, &[[f32; 2]; 5])>,
+    rng: &mut R,
+) -> SelfBlend {
     let (w, h) = img.dimensions();
-    // The source: a transformed copy.
-    let mut src = img.clone();
+    // The source: a transformed copy (of the donor, moved onto this face).
+    let donor_src = donor.and_then(|(d, dl)| {
+        let to_donor = similarity(landmarks, dl)?;
+        Some(warp(d, &to_donor, w))
+    });
+    let donated = donor_src.is_some();
+    let mut src = donor_src.unwrap_or_else(|| img.clone());
     let gains = [
         rng.random_range(0.9..1.1_f32),
         rng.random_range(0.9..1.1_f32),
@@ -327,6 +348,9 @@ pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: &[[f32; 2]; 5], rng: &mut R
     // Soften the edge.
     let sigma = rng.random_range(2.0..6.0_f32);
     mask = blur_mask(&mask, w, h, sigma);
+    if donated {
+        match_colour(&mut src, img, &mask, [0, 1, 2].map(|c| gains[c] * bright));
+    }
     let ratio = if rng.random_bool(0.5) {
         1.0
     } else {
@@ -350,6 +374,30 @@ pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: &[[f32; 2]; 5], rng: &mut R
         image: out,
         mask,
         kind,
+    }
+}
+
+/// Shifts each channel of `src` so that its mean under `mask` (weights in
+/// [0, 1]) equals `target`'s times `gain`.
+fn match_colour(src: &mut RgbImage, target: &RgbImage, mask: &[f32], gain: [f32; 3]) {
+    let mut sums = [0.0_f64; 7];
+    for ((s, t), &m) in src.pixels().zip(target.pixels()).zip(mask) {
+        let m = f64::from(m);
+        for c in 0..3 {
+            sums[c] += m * f64::from(s[c]);
+            sums[3 + c] += m * f64::from(t[c]);
+        }
+        sums[6] += m;
+    }
+    if sums[6] < 1e-6 {
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let shift = [0, 1, 2].map(|c| ((sums[3 + c] * f64::from(gain[c]) - sums[c]) / sums[6]) as f32);
+    for p in src.pixels_mut() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let v = [0, 1, 2].map(|c| (f32::from(p[c]) + shift[c]).round().clamp(0.0, 255.0) as u8);
+        p.0 = v;
     }
 }
 
@@ -491,12 +539,56 @@ mod tests {
         );
     }
 
+    /// A donor blend shows the donor's texture inside the mask, in this
+    /// face's colour (up to the drawn shift), and leaves the rest alone.
+    #[test]
+    fn donor_blend_takes_the_donor_texture_in_this_face_colour() {
+        let target = RgbImage::from_pixel(224, 224, Rgb([100, 120, 140]));
+        // Stripes of 100 and 250 (mean 175), far from the target's colour.
+        let donor = RgbImage::from_fn(224, 224, |x, _| {
+            if (x / 4) % 2 == 0 {
+                Rgb([100, 100, 100])
+            } else {
+                Rgb([250, 250, 250])
+            }
+        });
+        for seed in 0..8 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let donated = Some((&donor, &TEMPLATE_LANDMARKS));
+            let sb = self_blend(&target, &TEMPLATE_LANDMARKS, donated, &mut rng);
+            let (mut lo, mut hi, mut sum, mut n) = (255u8, 0u8, 0.0_f64, 0.0_f64);
+            for (p, &m) in sb.image.pixels().zip(&sb.mask) {
+                if m < 1e-4 {
+                    assert_eq!(p.0, [100, 120, 140], "seed {seed}");
+                }
+                // The mask is the blend's weight: 0.45 or more of the copy.
+                if m > 0.45 {
+                    lo = lo.min(p[0]);
+                    hi = hi.max(p[0]);
+                    sum += f64::from(p[0]);
+                    n += 1.0;
+                }
+            }
+            assert!(n > 20.0, "seed {seed}: {n}");
+            assert!(hi - lo > 40, "no stripes inside (seed {seed}): {lo}..{hi}");
+            // Matched: 100 times the drawn shift (0.81–1.21); unmatched the
+            // inside would average 100 + 0.45 × 75 or more.
+            let mean = sum / n;
+            assert!((75.0..128.0).contains(&mean), "seed {seed}: mean {mean}");
+            // Without a donor the same draw keeps the uniform face uniform.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let own = self_blend(&target, &TEMPLATE_LANDMARKS, None, &mut rng);
+            assert_eq!(own.kind, sb.kind);
+            assert_eq!(own.mask, sb.mask);
+        }
+    }
+
     #[test]
     fn self_blend_changes_only_inside_the_mask() {
         let img = face();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for _ in 0..6 {
-            let sb = self_blend(&img, &TEMPLATE_LANDMARKS, &mut rng);
+            let sb = self_blend(&img, &TEMPLATE_LANDMARKS, None, &mut rng);
             assert_eq!(sb.mask.len(), 224 * 224);
             let inside = sb.mask.iter().filter(|&&m| m > 0.5).count();
             assert!(inside > 50, "{:?}: {inside}", sb.kind);

@@ -138,6 +138,11 @@ pub struct TrainOptions {
     pub experts: usize,
     /// Share of each epoch's faces that are self-blended fakes (0 = off).
     pub self_blend: f64,
+    /// Probability that a self-blended fake takes its blended copy from
+    /// another real training face of the same dataset (a donor, warped onto
+    /// the face's landmarks and matched to its colour) instead of from
+    /// itself (0 = never).
+    pub donor_blend: f64,
     /// How an epoch's faces are shared among the (dataset, label) groups:
     /// in proportion to each group's number of training faces raised to
     /// this power — 0: the same number from every group, 1: in proportion
@@ -191,6 +196,7 @@ impl TrainOptions {
             dim: 256,
             experts: 4,
             self_blend: 0.15,
+            donor_blend: 0.0,
             sampling_power: 0.0,
             val_fraction: 0.2,
             align_weight: 0.5,
@@ -336,6 +342,11 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         String::new()
     };
+    let donor = if o.donor_blend > 0.0 {
+        format!("|donor={}", o.donor_blend)
+    } else {
+        String::new()
+    };
     // The augmentations as they were written before the jitter existed.
     let a = &o.augment;
     let jitter = if a.jitter > 0.0 {
@@ -344,7 +355,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -597,11 +608,22 @@ fn swap_targets(lm: &[[f32; 2]; 5], size: f32, grid: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a training face becomes a self-blended fake, and with what.
+#[derive(Debug, Clone, Copy)]
+enum Blend<'a> {
+    /// The face as it is.
+    No,
+    /// Blended with a transformed copy of itself.
+    Own,
+    /// Blended with another real face (`--donor-blend`).
+    Donor(&'a PreparedFace),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn make_item(
     sample: &Sample,
     face: &PreparedFace,
-    self_blended: bool,
+    blend: Blend<'_>,
     aug: &AugmentOptions,
     seed: u64,
     grid: usize,
@@ -619,8 +641,13 @@ fn make_item(
     #[allow(clippy::cast_precision_loss)]
     let size = img.width() as f32;
     let n = grid * grid;
-    let (label, mut targets, mut region_labels) = if self_blended {
-        let sb = self_blend(&img, &lm, &mut rng);
+    let donor = match blend {
+        Blend::No => None,
+        Blend::Own => Some(None),
+        Blend::Donor(d) => Some(Some((&d.image, &d.landmarks))),
+    };
+    let (label, mut targets, mut region_labels) = if let Some(donor) = donor {
+        let sb = self_blend(&img, &lm, donor, &mut rng);
         let edited = match sb.kind {
             BlendKind::Face => LOCAL.to_vec(),
             BlendKind::Region(r) => vec![r],
@@ -848,7 +875,7 @@ fn validate(
                 Some(make_item(
                     &samples[i],
                     face,
-                    false,
+                    Blend::No,
                     &AugmentOptions::none(),
                     0,
                     grid,
@@ -1013,6 +1040,12 @@ pub fn train(
             opts.sampling_power
         )));
     }
+    if !(0.0..=1.0).contains(&opts.donor_blend) {
+        return Err(TrainError::Options(format!(
+            "the donor-blend probability must be between 0 and 1 (got {})",
+            opts.donor_blend
+        )));
+    }
     let decay_ok = opts.weight_decay.is_finite() && opts.weight_decay >= 0.0;
     if !(decay_ok && (opts.dropout.is_nan() || opts.dropout < 1.0)) {
         return Err(TrainError::Options(format!(
@@ -1143,6 +1176,7 @@ pub fn train(
     let run = Run {
         opts,
         samples: &samples,
+        donors: donor_pool(&samples, &faces, &train_idx),
         ckpt,
         best_dir,
         state_path,
@@ -1238,10 +1272,15 @@ pub fn train(
                     let seed = opts.seed
                         ^ ((global_step * opts.batch + k) as u64)
                             .wrapping_mul(0xD134_2543_DE82_EF95);
+                    let blend = if d.self_blend {
+                        pick_donor(&run, &faces, d.index, seed)
+                    } else {
+                        Blend::No
+                    };
                     Some(make_item(
                         &samples[d.index],
                         face,
-                        d.self_blend,
+                        blend,
                         &opts.augment,
                         seed,
                         shape.grid,
@@ -1281,6 +1320,55 @@ pub fn train(
 
 /// The seed of an epoch's dropout masks (so that a resumed run draws the
 /// masks an uninterrupted one would have).
+/// Real training faces with a face, per dataset.
+fn donor_pool<'a>(
+    samples: &'a [Sample],
+    faces: &[Option<PreparedFace>],
+    train: &[usize],
+) -> std::collections::BTreeMap<&'a str, Vec<usize>> {
+    let mut pool: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    for &i in train {
+        if samples[i].label == Label::Real && faces.get(i).is_some_and(Option::is_some) {
+            pool.entry(samples[i].dataset.as_str()).or_default().push(i);
+        }
+    }
+    pool
+}
+
+/// What a self-blended fake of face `i` (made with `seed`) is blended
+/// with: under `--donor-blend p`, with probability p another real training
+/// face of its dataset, else itself. The choice comes from a generator of
+/// its own, so runs without donors draw exactly what they drew before.
+fn pick_donor<'f>(
+    run: &Run<'_>,
+    faces: &'f [Option<PreparedFace>],
+    i: usize,
+    seed: u64,
+) -> Blend<'f> {
+    let p = run.opts.donor_blend;
+    if p <= 0.0 {
+        return Blend::Own;
+    }
+    let Some(pool) = run.donors.get(run.samples[i].dataset.as_str()) else {
+        return Blend::Own;
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0064_6F6E_6F72);
+    if pool.len() < 2 || !rng.random_bool(p.min(1.0)) {
+        return Blend::Own;
+    }
+    // Uniform over the others: a draw of `i` itself stands for the last.
+    let k = rng.random_range(0..pool.len() - 1);
+    let j = if pool[k] == i {
+        pool[pool.len() - 1]
+    } else {
+        pool[k]
+    };
+    faces
+        .get(j)
+        .and_then(Option::as_ref)
+        .map_or(Blend::Own, Blend::Donor)
+}
+
 fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     seed ^ 0x0044_726F_7000 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
@@ -1306,6 +1394,9 @@ struct Shape {
 struct Run<'a> {
     opts: &'a TrainOptions,
     samples: &'a [Sample],
+    /// Real training faces (with a face) per dataset: the donors of
+    /// `--donor-blend`.
+    donors: std::collections::BTreeMap<&'a str, Vec<usize>>,
     ckpt: PathBuf,
     best_dir: PathBuf,
     state_path: PathBuf,
@@ -1445,7 +1536,7 @@ fn feature_norm(
             .par_iter()
             .filter_map(|&i| {
                 let face = faces[i].as_ref()?;
-                Some(make_item(&samples[i], face, false, &none, 0, grid, input, norm).pixels)
+                Some(make_item(&samples[i], face, Blend::No, &none, 0, grid, input, norm).pixels)
             })
             .collect();
         if pixels.is_empty() {
@@ -1532,6 +1623,11 @@ impl FeatureBank {
                     let seed = opts.seed
                         ^ 0x6261_6E6B
                         ^ ((i * 2 * views + v) as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+                    let blend = if blend {
+                        pick_donor(run, faces, i, seed)
+                    } else {
+                        Blend::No
+                    };
                     let item = make_item(
                         &samples[i],
                         face,
@@ -1767,6 +1863,122 @@ mod tests {
         assert!((84..=85).contains(&root[3]), "{root:?}");
     }
 
+    /// A run of these options over these faces, for the sampling helpers.
+    fn test_run<'a>(
+        opts: &'a TrainOptions,
+        samples: &'a [Sample],
+        faces: &[Option<PreparedFace>],
+        train: &[usize],
+    ) -> Run<'a> {
+        Run {
+            opts,
+            samples,
+            donors: donor_pool(samples, faces, train),
+            ckpt: PathBuf::new(),
+            best_dir: PathBuf::new(),
+            state_path: PathBuf::new(),
+        }
+    }
+
+    /// `--donor-blend`: at 0 every self-blend uses the face itself; at 1
+    /// another real training face of the same dataset, never the face
+    /// itself nor a fake, a validation face or one of another dataset —
+    /// and the blend then carries the donor's pixels.
+    #[test]
+    fn donors_are_other_real_training_faces_of_the_dataset() {
+        use crate::face::template::TEMPLATE_LANDMARKS;
+        let mut samples = Vec::new();
+        let mut faces = Vec::new();
+        for (k, (dataset, label, split)) in [
+            ("a", Label::Real, Split::Train),
+            ("a", Label::Real, Split::Train),
+            ("a", Label::Real, Split::Train),
+            ("a", Label::Fake, Split::Train),
+            ("a", Label::Real, Split::Val),
+            ("b", Label::Real, Split::Train),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            samples.push(Sample {
+                path: PathBuf::from(format!("{dataset}/{k}.jpg")),
+                dataset: dataset.into(),
+                label,
+                group: format!("{k}"),
+                split,
+                region_code: None,
+                face_swap: false,
+            });
+            #[allow(clippy::cast_possible_truncation)]
+            let grey = 40 * k as u8;
+            faces.push(Some(PreparedFace {
+                // Stripes across (odd k) or down (even k).
+                image: image::RgbImage::from_fn(224, 224, |x, y| {
+                    let t = if k % 2 == 0 { x } else { y };
+                    image::Rgb([grey + u8::from((t / 4) % 2 == 0) * 30, grey, grey])
+                }),
+                landmarks: TEMPLATE_LANDMARKS,
+                precropped: false,
+            }));
+        }
+        let train: Vec<usize> = (0..samples.len())
+            .filter(|&i| samples[i].split == Split::Train)
+            .collect();
+        let opts = TrainOptions::new(
+            Vec::new(),
+            PathBuf::new(),
+            BackboneChoice::Clip {
+                dir: PathBuf::new(),
+            },
+        );
+        let none = test_run(&opts, &samples, &faces, &train);
+        assert!((0..50).all(|seed| matches!(pick_donor(&none, &faces, 0, seed), Blend::Own)));
+        let opts_donor = TrainOptions {
+            donor_blend: 1.0,
+            ..opts.clone()
+        };
+        let all = test_run(&opts_donor, &samples, &faces, &train);
+        assert_eq!(all.donors.get("a"), Some(&vec![0, 1, 2]));
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let Blend::Donor(d) = pick_donor(&all, &faces, 1, seed) else {
+                panic!("seed {seed}: no donor");
+            };
+            let j = faces
+                .iter()
+                .position(|f| f.as_ref().is_some_and(|f| std::ptr::eq(f, d)));
+            seen.insert(j);
+        }
+        assert_eq!(seen, [Some(0), Some(2)].into_iter().collect());
+        // A dataset with one real training face has no donor for it.
+        assert!(matches!(pick_donor(&all, &faces, 5, 0), Blend::Own));
+        // The same draw blends the same mask, with the donor's stripes
+        // (down) instead of the face's own (across).
+        let Some(face) = faces[1].as_ref() else {
+            unreachable!()
+        };
+        let item = |blend| {
+            let none = AugmentOptions::none();
+            make_item(
+                &samples[1],
+                face,
+                blend,
+                &none,
+                7,
+                14,
+                224,
+                ([0.0; 3], [1.0; 3]),
+            )
+        };
+        let Blend::Donor(d) = pick_donor(&all, &faces, 1, 7) else {
+            panic!("no donor");
+        };
+        let (own, donated) = (item(Blend::Own), item(Blend::Donor(d)));
+        assert!((donated.meta.label - 1.0).abs() < f32::EPSILON);
+        assert_eq!(own.meta.targets, donated.meta.targets);
+        assert_ne!(own.pixels, donated.pixels);
+    }
+
     /// Region labels: a CIPLAB fake's code marks its edited local regions
     /// (the other local regions unedited, the rest unknown) and a flip swaps
     /// left and right; real faces are unedited everywhere; face swaps are
@@ -1796,6 +2008,7 @@ mod tests {
                 flip,
                 ..AugmentOptions::none()
             };
+            let blend = if blend { Blend::Own } else { Blend::No };
             make_item(s, &face, blend, &aug, 3, 14, 224, ([0.0; 3], [1.0; 3])).meta
         };
         // Edited: left eye and mouth (1001).
@@ -1844,7 +2057,7 @@ mod tests {
             let m = make_item(
                 &sample(Label::Real, None),
                 &face,
-                true,
+                Blend::Own,
                 &aug,
                 seed,
                 14,
