@@ -380,20 +380,20 @@ pub fn self_blend<R: Rng>(
 /// Shifts each channel of `src` so that its mean under `mask` (weights in
 /// [0, 1]) equals `target`'s times `gain`.
 fn match_colour(src: &mut RgbImage, target: &RgbImage, mask: &[f32], gain: [f32; 3]) {
-    let mut sums = [0.0_f64; 7];
+    let (mut from, mut to, mut weight) = ([0.0_f64; 3], [0.0_f64; 3], 0.0_f64);
     for ((s, t), &m) in src.pixels().zip(target.pixels()).zip(mask) {
         let m = f64::from(m);
         for c in 0..3 {
-            sums[c] += m * f64::from(s[c]);
-            sums[3 + c] += m * f64::from(t[c]);
+            from[c] += m * f64::from(s[c]);
+            to[c] += m * f64::from(t[c]);
         }
-        sums[6] += m;
+        weight += m;
     }
-    if sums[6] < 1e-6 {
+    if weight < 1e-6 {
         return;
     }
     #[allow(clippy::cast_possible_truncation)]
-    let shift = [0, 1, 2].map(|c| ((sums[3 + c] * f64::from(gain[c]) - sums[c]) / sums[6]) as f32);
+    let shift = [0, 1, 2].map(|c| ((to[c] * f64::from(gain[c]) - from[c]) / weight) as f32);
     for p in src.pixels_mut() {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let v = [0, 1, 2].map(|c| (f32::from(p[c]) + shift[c]).round().clamp(0.0, 255.0) as u8);
