@@ -393,6 +393,65 @@ fn donor_blends_train_through_both_stages() {
 }
 
 #[test]
+fn average_of_the_last_epochs_is_validated_and_reloads() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let mut o = options(data.path(), out.path(), faceres(1));
+    o.epochs = 3;
+    o.average_last = 2;
+    let (r, messages) = run(&o);
+    let summary = r.unwrap();
+    let avg = summary.average.clone().unwrap();
+    assert_eq!(avg.epochs, (2, 3));
+    assert_eq!(avg.dir, out.path().join("average"));
+    assert!(avg.val_auc_mean.is_some());
+    assert!(
+        messages.iter().any(|m| m.contains("epochs 2–3 averaged")),
+        "{messages:?}"
+    );
+    let snap = |e: usize| out.path().join(format!("snapshots/epoch-{e:03}"));
+    assert!(!snap(1).exists(), "epoch 1 is outside the window");
+    let head = |dir: &Path| {
+        candle_core::safetensors::load(dir.join("sfam_head.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (second, third, mean) = (head(&snap(2)), head(&snap(3)), head(&avg.dir));
+    let mut moved = 0.0f32;
+    for (k, m) in &mean {
+        let expect = ((&second[k] + &third[k]).unwrap() * 0.5).unwrap();
+        assert!(max_abs_diff(m, &expect) < 1e-6, "{k}: not the mean");
+        moved = moved.max(max_abs_diff(&second[k], &third[k]));
+    }
+    assert!(moved > 1e-6, "the two epochs' weights are the same");
+    // The trainer's validation of the average is what the folder scores.
+    reload_and_rescore(&avg.dir);
+
+    // The finished run, resumed with another K: averaged again, not refused.
+    o.average_last = 1;
+    let again = run(&o).0.unwrap();
+    assert_eq!(again.log.len(), 3);
+    for (k, m) in head(&again.average.unwrap().dir) {
+        assert_eq!(
+            max_abs_diff(&m, &third[&k]),
+            0.0,
+            "{k}: the last epoch alone"
+        );
+    }
+    // A window reaching before the snapshots names the missing one.
+    o.average_last = 3;
+    let (r, _) = run(&o);
+    assert!(
+        matches!(&r, Err(TrainError::Data { path, .. }) if path.ends_with("epoch-001")),
+        "{r:?}"
+    );
+    o.average_last = 4;
+    let (r, _) = run(&o);
+    assert!(
+        matches!(&r, Err(TrainError::Options(m)) if m.contains("average")),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use sfam_studio::model::DeviceSpec;
-use sfam_studio::train::{BackboneChoice, TrainEvent, TrainOptions, train};
+use sfam_studio::train::{BackboneChoice, TrainEvent, TrainOptions, auc_line, train};
 
 /// Which backbone to train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +97,11 @@ pub struct Args {
     /// (0: the same number from every group; 1: in proportion to size).
     #[arg(long, default_value_t = 0.0)]
     pub sampling_power: f64,
+    /// Also write OUT/average/: the weights averaged over the last K
+    /// fine-tuning epochs (their folders kept in OUT/snapshots/), validated
+    /// like an epoch (0: off; a run resumes under another K).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub average_last: usize,
     /// Weight of the per-region loss (region logits against the regions
     /// known to be edited: CIPLAB codes, self-blended fakes; 0 = off).
     #[arg(long, default_value_t = 0.0)]
@@ -150,6 +155,7 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.self_blend = args.self_blend;
     opts.donor_blend = args.donor_blend;
     opts.sampling_power = args.sampling_power;
+    opts.average_last = args.average_last;
     opts.region_weight = args.region_weight;
     opts.swap_fakes.clone_from(&args.swap_fakes);
     opts.val_fraction = args.val_fraction;
@@ -213,13 +219,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 }
             }
             TrainEvent::Epoch(row) => {
-                let aucs: Vec<String> = row
-                    .val_auc
-                    .iter()
-                    .map(|(n, a)| format!("{n} {}", a.map_or("-".into(), |a| format!("{a:.3}"))))
-                    .collect();
                 say(format!(
-                    "epoch {} ({}) done in {:.0} s: loss {:.4} (bce {:.4}, align {:.4}, balance {:.4}, region {:.4}); validation AUC {} (mean {}), Cross-AUC {}",
+                    "epoch {} ({}) done in {:.0} s: loss {:.4} (bce {:.4}, align {:.4}, balance {:.4}, region {:.4}); {}",
                     row.epoch,
                     row.stage,
                     row.seconds,
@@ -228,9 +229,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     row.align,
                     row.balance,
                     row.region,
-                    aucs.join(", "),
-                    row.val_auc_mean.map_or("-".into(), |a| format!("{a:.3}")),
-                    row.val_cross_auc.map_or("-".into(), |a| format!("{a:.3}")),
+                    auc_line(&row.val_auc, row.val_auc_mean, row.val_cross_auc),
                 ));
             }
         },
@@ -242,5 +241,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         summary.best_epoch,
         summary.best_dir.display()
     );
+    if let Some(a) = &summary.average {
+        eprintln!(
+            "epochs {}–{} averaged: model in {}",
+            a.epochs.0,
+            a.epochs.1,
+            a.dir.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -838,14 +838,17 @@ fn var_tensors(map: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
         .collect())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     crate::data::atomic::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
 }
 
-fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+pub(super) fn save_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
     let io = |e: String| TrainError::Io {
         path: path.to_path_buf(),
         message: e,
