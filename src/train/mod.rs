@@ -1344,41 +1344,9 @@ pub fn train(
         on_event(TrainEvent::Epoch(row));
     }
     let average = if opts.average_last > 0 {
-        let t0 = Instant::now();
-        let first = total_epochs + 1 - opts.average_last;
-        let dirs: Vec<PathBuf> = (first..=total_epochs)
-            .map(|e| average::snapshot_dir(&opts.out, e))
-            .collect();
-        if let Some(missing) = dirs.iter().find(|d| !d.is_dir()) {
-            return Err(TrainError::Data {
-                path: missing.clone(),
-                message: "this epoch's model for --average-last is missing (it is written \
-                          only by runs that had the option by then)"
-                    .into(),
-            });
-        }
-        let dir = opts.out.join("average");
-        average::average_model_folders(&dirs, &dir)?;
-        net.load_vars(&dir)?;
-        let records = validate(&net, &samples, &faces, &val_idx, opts.batch, cancel)?;
-        let path = dir.join("val_scores.csv");
-        write_scores(&path, &records, ScoreFormat::Csv).map_err(|e| TrainError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
-        on_event(TrainEvent::Message(format!(
-            "weights of epochs {first}–{total_epochs} averaged and validated in {:.0} s: {}",
-            t0.elapsed().as_secs_f64(),
-            auc_line(&val_auc, val_auc_mean, val_cross_auc)
-        )));
-        Some(AverageSummary {
-            epochs: (first, total_epochs),
-            dir,
-            val_auc,
-            val_auc_mean,
-            val_cross_auc,
-        })
+        Some(average_and_validate(
+            &mut net, opts, &samples, &faces, &val_idx, on_event, cancel,
+        )?)
     } else {
         None
     };
@@ -1387,6 +1355,60 @@ pub fn train(
         best_epoch: state.best_epoch,
         best_dir: run.best_dir,
         average,
+    })
+}
+
+/// `--average-last`: the snapshots of the run's last epochs averaged into
+/// `average/`, loaded into `net` and scored on the validation faces.
+fn average_and_validate(
+    net: &mut TrainNet,
+    opts: &TrainOptions,
+    samples: &[Sample],
+    faces: &[Option<PreparedFace>],
+    val_idx: &[usize],
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancel: &AtomicBool,
+) -> Result<AverageSummary, TrainError> {
+    let t0 = Instant::now();
+    let last = opts.probe_epochs + opts.epochs;
+    let first = last + 1 - opts.average_last;
+    let dirs: Vec<PathBuf> = (first..=last)
+        .map(|e| average::snapshot_dir(&opts.out, e))
+        .collect();
+    if let Some(missing) = dirs.iter().find(|d| !d.is_dir()) {
+        return Err(TrainError::Data {
+            path: missing.clone(),
+            message: "this epoch's model for --average-last is missing (it is written \
+                      only by runs that had the option by then)"
+                .into(),
+        });
+    }
+    let dir = opts.out.join("average");
+    average::average_model_folders(&dirs, &dir)?;
+    net.load_vars(&dir)?;
+    let records = validate(net, samples, faces, val_idx, opts.batch, cancel)?;
+    write_val_scores(&dir, &records)?;
+    let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
+    on_event(TrainEvent::Message(format!(
+        "weights of epochs {first}–{last} averaged and validated in {:.0} s: {}",
+        t0.elapsed().as_secs_f64(),
+        auc_line(&val_auc, val_auc_mean, val_cross_auc)
+    )));
+    Ok(AverageSummary {
+        epochs: (first, last),
+        dir,
+        val_auc,
+        val_auc_mean,
+        val_cross_auc,
+    })
+}
+
+/// A model folder's validation scores, `DIR/val_scores.csv`.
+fn write_val_scores(dir: &Path, records: &[ScoreRecord]) -> Result<(), TrainError> {
+    let path = dir.join("val_scores.csv");
+    write_scores(&path, records, ScoreFormat::Csv).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        message: e.to_string(),
     })
 }
 
@@ -1602,11 +1624,7 @@ fn finish_epoch(
         state.best_metric = metric;
         state.best_epoch = epoch;
         net.save(&run.best_dir)?;
-        let path = run.best_dir.join("val_scores.csv");
-        write_scores(&path, records, ScoreFormat::Csv).map_err(|e| TrainError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        write_val_scores(&run.best_dir, records)?;
     }
     state.epochs_done = epoch;
     state.log.push(row.clone());
