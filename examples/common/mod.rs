@@ -1,5 +1,5 @@
 //! Shared by the research examples (`template_study`, `level_study`,
-//! `res_study`).
+//! `res_study`, `crop_study`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
