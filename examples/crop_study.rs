@@ -23,7 +23,6 @@
 
 mod common;
 
-use candle_core::{D, Tensor};
 use rayon::prelude::*;
 use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
@@ -64,12 +63,7 @@ fn main() {
                     None => vec![0u8; 224 * 224 * 3],
                 })
                 .collect();
-            let px = common::pixels(imgs.iter().map(Vec::as_slice), 224);
-            let o = net.forward_output(&px).unwrap();
-            let mean = o.patch_rows.mean(D::Minus2).unwrap();
-            let all = Tensor::cat(&[&o.pooled, &mean, &o.texture], 1).unwrap();
-            let v = all.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+            bytes.extend(common::descriptor_bytes(&net, &imgs, 224));
         }
         std::fs::write(out.join(format!("{mode}.f32")), bytes).unwrap();
         eprintln!("{mode}: {:?}", t.elapsed());

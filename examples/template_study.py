@@ -33,8 +33,11 @@ DESCRIPTOR_PARTS = {
 }
 
 
-def main():
-    d = sys.argv[1]
+def load_meta(d):
+    """The rows of OUT_DIR/meta.csv as arrays: dataset, label (1 = fake),
+    the training and validation masks (faces found only), and sample
+    weights that give each dataset x label group of the training faces
+    the same total."""
     rows = list(csv.DictReader(open(f"{d}/meta.csv")))
     ds = np.array([r["dataset"] for r in rows])
     y = np.array([r["label"] == "fake" for r in rows]).astype(int)
@@ -47,17 +50,28 @@ def main():
             m = tr & (ds == name) & (y == label)
             if m.sum():
                 w[m] = 1.0 / m.sum()
+    return ds, y, tr, va, w
+
+
+def probe(x, ds, y, tr, va, w):
+    """Validation AUC per domain of the standardised logistic regression
+    fitted on the training rows of x."""
+    sc = StandardScaler().fit(x[tr])
+    clf = LogisticRegression(C=0.01, max_iter=3000)
+    clf.fit(sc.transform(x[tr]), y[tr], sample_weight=w[tr] * tr.sum())
+    s = clf.decision_function(sc.transform(x))
+    return [roc_auc_score(y[va & (ds == n)], s[va & (ds == n)]) for n in DOMAINS]
+
+
+def main():
+    d = sys.argv[1]
+    ds, y, tr, va, w = load_meta(d)
     print(f"{tr.sum()} training faces, {va.sum()} validation faces; AUC " + " / ".join(DOMAINS))
     for name in sys.argv[2:]:
-        x = np.fromfile(f"{d}/{name}.f32", dtype=np.float32).reshape(len(rows), -1)
+        x = np.fromfile(f"{d}/{name}.f32", dtype=np.float32).reshape(len(ds), -1)
         parts = DESCRIPTOR_PARTS if x.shape[1] == 2816 else PARTS
         for part, cols in parts.items():
-            xp = x[:, cols]
-            sc = StandardScaler().fit(xp[tr])
-            clf = LogisticRegression(C=0.01, max_iter=3000)
-            clf.fit(sc.transform(xp[tr]), y[tr], sample_weight=w[tr] * tr.sum())
-            s = clf.decision_function(sc.transform(xp))
-            aucs = [roc_auc_score(y[va & (ds == n)], s[va & (ds == n)]) for n in DOMAINS]
+            aucs = probe(x[:, cols], ds, y, tr, va, w)
             print(f"{name:10} {part:11} " + " / ".join(f"{a:.3f}" for a in aucs), flush=True)
 
 

@@ -64,6 +64,20 @@ pub fn pixels<'a>(faces: impl Iterator<Item = &'a [u8]>, size: usize) -> candle_
         .unwrap()
 }
 
+/// The descriptor the SFAM global token reads — pooled vector, the patch
+/// map's mean, the texture statistics: 2816 values — of `size` × `size`
+/// RGB faces, as little-endian float32 bytes, a row per face.
+#[allow(dead_code)] // not every example uses it
+pub fn descriptor_bytes(net: &FaceRes, faces: &[Vec<u8>], size: usize) -> Vec<u8> {
+    use candle_core::{D, Tensor};
+    let px = pixels(faces.iter().map(Vec::as_slice), size);
+    let o = net.forward_output(&px).unwrap();
+    let mean = o.patch_rows.mean(D::Minus2).unwrap();
+    let all = Tensor::cat(&[&o.pooled, &mean, &o.texture], 1).unwrap();
+    let v = all.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// Where a detecting study starts: `OUT_DIR` (created) and the values after
 /// it on the command line, every face of `../shared/data` found
 /// ([`detect_all`]; `OUT_DIR/meta.csv` written) and the pretrained network.
