@@ -1,5 +1,5 @@
 //! Shared by the research examples (`template_study`, `level_study`,
-//! `res_study`, `crop_study`).
+//! `res_study`, `crop_study`; `backbone_study.py` reads `res_study`'s).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,9 @@ pub fn descriptor_bytes(net: &FaceRes, faces: &[Vec<u8>], size: usize) -> Vec<u8
 
 /// Where a detecting study starts: `OUT_DIR` (created) and the values after
 /// it on the command line, every face of `../shared/data` found
-/// ([`detect_all`]; `OUT_DIR/meta.csv` written) and the pretrained network.
+/// ([`detect_all`]; `OUT_DIR/meta.csv` written) and the pretrained network
+/// (`models/faceres/faceres.safetensors`, or the file `SFAM_STUDY_FACERES`
+/// names).
 #[allow(dead_code)] // not every example detects
 pub fn detecting_study<T: std::str::FromStr>() -> (PathBuf, Vec<T>, Vec<Found>, FaceRes)
 where
@@ -95,10 +97,11 @@ where
     let samples = collect_samples(&[PathBuf::from("../shared/data")], 0.2).unwrap();
     let found = detect_all(&samples);
     write_meta(&out, &samples, found.iter().map(Option::is_some));
-    let net = FaceRes::load(
-        std::path::Path::new("models/faceres/faceres.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    // Another network of faceres' graph (`models/faceres/convert.py
+    // --model faceres-deep --out FILE`) by `SFAM_STUDY_FACERES=FILE`.
+    let weights = std::env::var("SFAM_STUDY_FACERES")
+        .unwrap_or_else(|_| "models/faceres/faceres.safetensors".into());
+    eprintln!("network: {weights}");
+    let net = FaceRes::load(std::path::Path::new(&weights), &candle_core::Device::Cpu).unwrap();
     (out, values, found, net)
 }

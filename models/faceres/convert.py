@@ -59,17 +59,17 @@ POSITIONS = [(0, 0, 0), (5, 3, 7), (100, 7, 7), (511, 13, 13), (256, 0, 13),
 # Reading the TF.js graph model
 
 
-def fetch_package(dest: Path) -> Path:
+def fetch_package(dest: Path, name: str = "faceres") -> Path:
     subprocess.run(["npm", "pack", f"{PACKAGE}@{VERSION}"], cwd=dest, check=True)
     tgz = next(dest.glob("*.tgz"))
-    subprocess.run(["tar", "xzf", tgz.name, "package/models/faceres.json",
-                    "package/models/faceres.bin", "package/LICENSE",
+    subprocess.run(["tar", "xzf", tgz.name, f"package/models/{name}.json",
+                    f"package/models/{name}.bin", "package/LICENSE",
                     "package/package.json"], cwd=dest, check=True)
     return dest / "package"
 
 
-def read_model(pkg: Path):
-    model = json.loads((pkg / "models" / "faceres.json").read_text())
+def read_model(pkg: Path, name: str = "faceres"):
+    model = json.loads((pkg / "models" / f"{name}.json").read_text())
     consts: dict[str, np.ndarray] = {}
     facts = []
     for group in model["weightsManifest"]:
@@ -328,23 +328,28 @@ def cosine(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--package", type=Path, help="an unpacked npm `package/` folder")
+    ap.add_argument("--model", default="faceres",
+                    help="another network of the package with faceres' graph "
+                         "(faceres-deep); written to --out, no fixtures")
+    ap.add_argument("--out", type=Path, help="the safetensors file to write "
+                    "(default models/faceres/faceres.safetensors)")
     args = ap.parse_args()
     tmp = None
     if args.package is None:
         tmp = tempfile.TemporaryDirectory()
-        pkg = fetch_package(Path(tmp.name))
+        pkg = fetch_package(Path(tmp.name), args.model)
     else:
         pkg = args.package
     meta = json.loads((pkg / "package.json").read_text())
     print(f"package {meta['name']}@{meta['version']} licence {meta.get('license')}")
 
-    model, nodes, consts, facts = read_model(pkg)
+    model, nodes, consts, facts = read_model(pkg, args.model)
     dtypes = sorted({(d, q) for _, d, q in facts}, key=str)
     print(f"{len(facts)} weights, (dtype, quantization): {dtypes}")
 
     tensors, used, layers = convert(nodes, consts)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    st = OUT_DIR / "faceres.safetensors"
+    st = args.out or OUT_DIR / "faceres.safetensors"
+    st.parent.mkdir(parents=True, exist_ok=True)
     stored = write_safetensors(st, tensors)
     print(f"wrote {st} ({st.stat().st_size} bytes, {len(tensors)} tensors, "
           f"F16 {sum(d == 'F16' for d in stored.values())}, "
@@ -354,7 +359,16 @@ def main():
               f"{'bn Mul folded' if folded else 'bn pre-merged'} -> {out}")
     dropped = sorted(set(consts) - used - {"global_pooling/Mean/reduction_indices"})
     print(f"dropped constants: {dropped}")
-    shutil.copy(pkg / "LICENSE", OUT_DIR / "LICENSE")
+    shutil.copy(pkg / "LICENSE", st.parent / "LICENSE")
+    if args.model != "faceres":
+        x = np.stack([load_input(ROOT / rel) for _, rel in SAMPLES] + [synthetic()])
+        patch, pooled = run_graph(nodes, consts, x, [PATCH_NODE, POOL_NODE])
+        fpatch, fpooled = run_folded(tensors, layers, x)
+        print(f"folded vs graph: max |d| patch {np.abs(fpatch - patch).max():.2e}, "
+              f"pooled {np.abs(fpooled - pooled).max():.2e}")
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
 
     # Inputs
     FIX_DIR.mkdir(parents=True, exist_ok=True)
