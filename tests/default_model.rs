@@ -73,3 +73,74 @@ fn engine_reproduces_the_model_card() {
     let got = eval.cross_auc.summary.mean_off_diagonal.unwrap();
     assert!((got - want).abs() < 0.005, "Cross-AUC {got} vs card {want}");
 }
+
+#[test]
+#[ignore = "needs ../shared/data (inspects the 324 CIPLAB validation faces, about 20 s)"]
+fn region_logits_reproduce_the_explanation_figures() {
+    use sfam_studio::data::Label;
+    use sfam_studio::metrics::auc;
+    use sfam_studio::train::data::RegionCode;
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("explain.json")).unwrap())
+            .unwrap();
+    let found = discover(&[dir().join("val_split.csv")], &DiscoverOptions::default());
+    let model = SfamModel::load(&dir(), &Device::Cpu).unwrap();
+    let detector = FaceDetector::load_default().unwrap();
+    // (region code, region logits) of each CIPLAB validation face; real
+    // faces have no code.
+    let mut faces: Vec<(Option<RegionCode>, Vec<f32>)> = Vec::new();
+    for d in found.datasets.iter().filter(|d| d.name == "ciplab") {
+        for item in &d.items {
+            let (path, fake) = (&item.path, item.label == Label::Fake);
+            let f = detector.faces_in_image(path, FaceOptions { tight_crops: true });
+            let out = model.inspect_faces(&[&f.aligned[0]]).unwrap();
+            let code = if fake {
+                Some(RegionCode::from_path(path).unwrap())
+            } else {
+                None
+            };
+            faces.push((code, out[0].region_logits.clone()));
+        }
+    }
+    assert_eq!(faces.len(), 324);
+    let regions = model.head().config().regions.clone();
+    let edited_of = |c: &RegionCode, k: usize| [c.left_eye, c.right_eye, c.nose, c.mouth][k];
+    let names = ["left_eye", "right_eye", "nose", "mouth"];
+    let index: Vec<usize> = names
+        .iter()
+        .map(|n| regions.iter().position(|r| r == n).unwrap())
+        .collect();
+    for (k, name) in names.iter().enumerate() {
+        let i = index[k];
+        let (mut edited, mut unedited, mut real) = (Vec::new(), Vec::new(), Vec::new());
+        for (code, logits) in &faces {
+            let v = f64::from(logits[i]);
+            match code {
+                Some(c) if edited_of(c, k) => edited.push(v),
+                Some(_) => unedited.push(v),
+                None => real.push(v),
+            }
+        }
+        for (key, negatives) in [
+            ("logit_edited_vs_unedited", &unedited),
+            ("logit_edited_vs_real", &real),
+        ] {
+            let got = auc(negatives, &edited).unwrap();
+            let w = want["regions"][name][key].as_f64().unwrap();
+            assert!((got - w).abs() < 1e-3, "{name} {key}: {got} vs {w}");
+        }
+    }
+    let (mut hits, mut coded) = (0_u32, 0_u32);
+    for (code, logits) in &faces {
+        if let Some(c) = code {
+            let top = (0..4)
+                .max_by(|&a, &b| logits[index[a]].total_cmp(&logits[index[b]]))
+                .unwrap();
+            hits += u32::from(edited_of(c, top));
+            coded += 1;
+        }
+    }
+    let rate = f64::from(hits) / f64::from(coded);
+    let w = want["pointing"]["hit_rate"].as_f64().unwrap();
+    assert!((rate - w).abs() < 1e-9, "pointing {rate} vs {w}");
+}

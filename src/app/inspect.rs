@@ -1782,7 +1782,13 @@ fn thumb_ui(
 /// Each region's part of the logit as a bar diverging from zero (towards
 /// fake: right, orange; towards real: left, blue), with the global part.
 fn contributions_ui(ui: &mut Ui, o: &SfamOutput) {
-    ui.strong("Contribution of each region to the logit (attention x region logit)");
+    ui.strong("Contribution of each region to the logit (attention x region logit)")
+        .on_hover_text(
+            "Where the model looked, not proof of where an edit is: on edited faces it was not \
+             trained on, the bundled model's region logits tell an edited eye, nose or mouth \
+             from an unedited one only weakly (docs/MODEL.md, \"Do the explanations point at \
+             the edit?\").",
+        );
     let max = o
         .region_contributions
         .iter()
