@@ -513,6 +513,78 @@ fn cli_trains_and_reports() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/data"));
 }
 
+/// A run stopped after an epoch — inside the probe stage, at its end, or
+/// inside fine-tuning — and started again with the same options ends with
+/// exactly the model of a run that was never stopped: the checkpoint
+/// carries the optimizers' moments and the variables' exact values.
+#[test]
+fn stopped_run_resumes_exactly() {
+    use std::sync::atomic::Ordering;
+    let data = sample_tree();
+    let options_in = |out: &Path| {
+        let mut o = options(data.path(), out, faceres(1));
+        o.augment = AugmentOptions::default();
+        o.probe_epochs = 2;
+        o.probe_views = 1;
+        o.epochs = 2;
+        o.dropout = 0.1;
+        o
+    };
+    let files = |out: &Path| {
+        let c = out.join("checkpoint");
+        (
+            std::fs::read(c.join("sfam_head.safetensors")).unwrap(),
+            std::fs::read(c.join("faceres.safetensors")).unwrap(),
+            std::fs::read_to_string(out.join("train_log.csv"))
+                .unwrap()
+                .lines()
+                // The losses and AUCs, not the seconds.
+                .map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    format!("{},{},{}", f[0], f[1], f[3..].join(","))
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let whole = tempfile::tempdir().unwrap();
+    run(&options_in(whole.path())).0.unwrap();
+    let want = files(whole.path());
+    assert_eq!(want.2.len(), 5, "{:?}", want.2);
+
+    for stops in [vec![1], vec![2], vec![3], vec![1, 2, 3]] {
+        let out = tempfile::tempdir().unwrap();
+        let o = options_in(out.path());
+        let mut messages = Vec::new();
+        for &stop in &stops {
+            let cancel = AtomicBool::new(false);
+            let r = train(
+                &o,
+                &mut |e| match e {
+                    TrainEvent::Epoch(row) if row.epoch == stop => {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    TrainEvent::Message(m) => messages.push(m),
+                    _ => {}
+                },
+                &cancel,
+            );
+            assert!(matches!(r, Err(TrainError::Cancelled)), "stop {stop}");
+        }
+        let (r, last) = run(&o);
+        r.unwrap();
+        assert!(
+            last.iter().any(|m| m.contains("optimizer state restored")),
+            "{last:?}"
+        );
+        messages.extend(last);
+        let got = files(out.path());
+        assert_eq!(got.2, want.2, "log differs, stopped after {stops:?}");
+        assert!(got.0 == want.0, "head differs, stopped after {stops:?}");
+        assert!(got.1 == want.1, "backbone differs, stopped after {stops:?}");
+        assert_eq!(got.2, want.2, "log differs, stopped after {stops:?}");
+    }
+}
+
 /// Probe epochs fit the head on cached features and leave the backbone as
 /// it was; fine-tuning epochs then continue from that head (here as a
 /// resumed run with more epochs) and move the trained blocks.

@@ -21,13 +21,16 @@ pub mod augment;
 pub mod average;
 pub mod data;
 pub mod net;
+pub mod optim;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
+use optim::AdamW;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -1153,6 +1156,7 @@ pub fn train(
     };
     let state_path = ckpt.join("state.json");
     let resuming = opts.resume && state_path.is_file();
+    let mut saved_optim: Option<SavedOptim> = None;
     if net.takes_feature_norm() {
         let norm_path = opts.out.join(FEATURE_NORM_FILE);
         if resuming {
@@ -1188,9 +1192,26 @@ pub fn train(
             )));
         }
         net.load_vars(&ckpt)?;
+        let path = ckpt.join(TRAIN_STATE_FILE);
+        if path.is_file() {
+            saved_optim = Some(SavedOptim {
+                tensors: candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
+                    TrainError::Data {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+                path,
+            });
+        }
         on_event(TrainEvent::Message(format!(
-            "resumed after epoch {} (optimizer moments restart)",
-            old.epochs_done
+            "resumed after epoch {} ({})",
+            old.epochs_done,
+            if saved_optim.is_some() {
+                "optimizer state restored"
+            } else {
+                "no optimizer state in the checkpoint: its moments restart"
+            }
         )));
         state = old;
     }
@@ -1229,6 +1250,10 @@ pub fn train(
             t0.elapsed().as_secs_f64()
         )));
         let mut opt = AdamW::new(new_vars.clone(), adamw(opts.lr, opts.weight_decay))?;
+        if let Some(saved) = saved_optim.take() {
+            // Resumed inside the probe stage: its optimizer goes on.
+            saved.restore(&mut opt, "probe.new")?;
+        }
         let total_steps = steps * opts.probe_epochs;
         for epoch in state.epochs_done + 1..=opts.probe_epochs {
             let t_epoch = Instant::now();
@@ -1267,7 +1292,16 @@ pub fn train(
             net.set_dropout(0.0, 0);
             let records = bank.validate(&net, &samples, opts.batch, &shape, cancel)?;
             let row = finish_epoch(
-                &net, &run, &mut state, epoch, "probe", t_epoch, &sums, steps, &records,
+                &net,
+                &run,
+                &mut state,
+                epoch,
+                "probe",
+                t_epoch,
+                &sums,
+                steps,
+                &records,
+                &[("probe.new", &opt)],
             )?;
             on_event(TrainEvent::Epoch(row));
         }
@@ -1279,6 +1313,21 @@ pub fn train(
         bb_vars,
         adamw(opts.lr * opts.backbone_lr_ratio, opts.weight_decay),
     )?;
+    // Still there only when resumed after the probe stage.
+    if let Some(saved) = saved_optim {
+        if saved.has("finetune.new") {
+            saved.restore(&mut opt_new, "finetune.new")?;
+            saved.restore(&mut opt_bb, "finetune.bb")?;
+        } else {
+            // Stopped at the end of the probe stage: fine-tuning starts
+            // with fresh moments, as in a run that was not stopped; the
+            // head's exact values still come from the probe's state (the
+            // checkpoint's model folder holds them with the
+            // standardisation folded in, not bit for bit).
+            let mut probe = AdamW::new(net.vars().1, adamw(opts.lr, opts.weight_decay))?;
+            saved.restore(&mut probe, "probe.new")?;
+        }
+    }
     let total_steps = steps * opts.epochs;
     for epoch in state.epochs_done + 1..=total_epochs {
         let t_epoch = Instant::now();
@@ -1339,7 +1388,16 @@ pub fn train(
         net.set_dropout(0.0, 0);
         let records = validate(&net, &samples, &faces, &val_idx, opts.batch, cancel)?;
         let row = finish_epoch(
-            &net, &run, &mut state, epoch, "finetune", t_epoch, &sums, steps, &records,
+            &net,
+            &run,
+            &mut state,
+            epoch,
+            "finetune",
+            t_epoch,
+            &sums,
+            steps,
+            &records,
+            &[("finetune.new", &opt_new), ("finetune.bb", &opt_bb)],
         )?;
         on_event(TrainEvent::Epoch(row));
     }
@@ -1583,6 +1641,33 @@ fn step_losses(
     Ok(loss)
 }
 
+/// The checkpoint's optimizer state (`checkpoint/train_state.safetensors`):
+/// the live optimizers' variables, exactly (the model folder beside it
+/// holds faceres' projections with the standardisation folded in), their
+/// moments and step counts, so that a resumed run goes on as if it had not
+/// stopped.
+pub const TRAIN_STATE_FILE: &str = "train_state.safetensors";
+
+/// What a resumed run read from [`TRAIN_STATE_FILE`].
+struct SavedOptim {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl SavedOptim {
+    fn has(&self, prefix: &str) -> bool {
+        self.tensors.contains_key(&format!("{prefix}.step"))
+    }
+
+    fn restore(&self, opt: &mut AdamW, prefix: &str) -> Result<(), TrainError> {
+        opt.restore(&self.tensors, prefix)
+            .map_err(|message| TrainError::Data {
+                path: self.path.clone(),
+                message: format!("{message} (start afresh with --no-resume)"),
+            })
+    }
+}
+
 /// Validation metrics, the checkpoint, `best/`, the state and the log of a
 /// finished epoch.
 #[allow(clippy::too_many_arguments)]
@@ -1596,6 +1681,7 @@ fn finish_epoch(
     sums: &LossSums,
     steps: usize,
     records: &[ScoreRecord],
+    optims: &[(&str, &AdamW)],
 ) -> Result<EpochLog, TrainError> {
     let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(records, &run.opts.out)?;
     #[allow(clippy::cast_precision_loss)]
@@ -1613,8 +1699,18 @@ fn finish_epoch(
         val_auc_mean,
         val_cross_auc,
     };
-    // Checkpoint: model folder first, then the state that points at it.
+    // Checkpoint: model folder and optimizer state first, then the state
+    // that points at them.
     net.save(&run.ckpt)?;
+    let path = run.ckpt.join(TRAIN_STATE_FILE);
+    let mut all = HashMap::new();
+    for (prefix, opt) in optims {
+        all.extend(opt.state(prefix).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?);
+    }
+    net::save_tensors(&path, &all)?;
     let o = run.opts;
     if phase == "finetune" && epoch + o.average_last > o.probe_epochs + o.epochs {
         net.save(&average::snapshot_dir(&o.out, epoch))?;

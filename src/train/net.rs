@@ -505,24 +505,29 @@ impl TrainNet {
         }
     }
 
-    /// The trained variables: those of the pretrained backbone blocks, and
-    /// the new ones (the head, and faceres' projections into the head),
-    /// which learn at the full rate.
+    /// The trained variables by name, each list sorted: those of the
+    /// pretrained backbone blocks (`backbone:KEY`), and the new ones (the
+    /// head, `head:KEY`, and faceres' projections into it,
+    /// `backbone:proj_…`), which learn at the full rate.
     #[must_use]
-    pub fn vars(&self) -> (Vec<Var>, Vec<Var>) {
+    pub fn vars(&self) -> (NamedVars, NamedVars) {
         let mut pretrained = Vec::new();
-        let mut new = self.head_vars.all_vars();
+        let mut new = Vec::new();
+        if let Ok(data) = self.head_vars.data().lock() {
+            new.extend(data.iter().map(|(k, v)| (format!("head:{k}"), v.clone())));
+        }
         if let Ok(data) = self.backbone_vars.data().lock() {
-            let mut named: Vec<(&String, &Var)> = data.iter().collect();
-            named.sort_by(|a, b| a.0.cmp(b.0));
-            for (k, v) in named {
+            for (k, v) in data.iter() {
+                let named = (format!("backbone:{k}"), v.clone());
                 if k.starts_with("proj_") {
-                    new.push(v.clone());
+                    new.push(named);
                 } else {
-                    pretrained.push(v.clone());
+                    pretrained.push(named);
                 }
             }
         }
+        pretrained.sort_by(|a, b| a.0.cmp(&b.0));
+        new.sort_by(|a, b| a.0.cmp(&b.0));
         (pretrained, new)
     }
 
@@ -826,6 +831,9 @@ impl TrainNet {
         Ok(())
     }
 }
+
+/// Variables with their names, as the optimizer keeps them.
+pub type NamedVars = Vec<(String, Var)>;
 
 fn var_tensors(map: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
     let data = map.data().lock().map_err(|_| TrainError::Io {
