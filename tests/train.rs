@@ -468,9 +468,28 @@ fn killed_run_resumes_from_its_checkpoint() {
         messages.iter().any(|m| m.contains("resumed after epoch 1")),
         "{messages:?}"
     );
+    // A damaged optimizer state is named, not used; without it the run
+    // resumes with the moments restarted, and says so.
+    let state = out.path().join("checkpoint/train_state.safetensors");
+    std::fs::write(&state, b"not safetensors").unwrap();
+    o.epochs = 3;
+    match run(&o).0 {
+        Err(TrainError::Data { path, message }) => {
+            assert_eq!(path, state);
+            assert!(message.contains("--no-resume"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|s| s.log.len())),
+    }
+    std::fs::remove_file(&state).unwrap();
+    let (third, messages) = run(&o);
+    assert_eq!(third.unwrap().log.len(), 3);
+    assert!(
+        messages.iter().any(|m| m.contains("moments restart")),
+        "{messages:?}"
+    );
     // Other options on the same folder are refused, not mixed in.
     o.dim = 32;
-    o.epochs = 3;
+    o.epochs = 4;
     let (third, _) = run(&o);
     assert!(matches!(third, Err(TrainError::Options(_))));
 }

@@ -1198,7 +1198,7 @@ pub fn train(
                 tensors: candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
                     TrainError::Data {
                         path: path.clone(),
-                        message: e.to_string(),
+                        message: with_resume_hint(&e.to_string()),
                     }
                 })?,
                 path,
@@ -1648,6 +1648,14 @@ fn step_losses(
 /// stopped.
 pub const TRAIN_STATE_FILE: &str = "train_state.safetensors";
 
+/// A problem with [`TRAIN_STATE_FILE`], and the two ways on.
+fn with_resume_hint(message: &str) -> String {
+    format!(
+        "{message} (delete the file to resume with the optimizer's moments restarted, \
+         or start afresh with --no-resume)"
+    )
+}
+
 /// What a resumed run read from [`TRAIN_STATE_FILE`].
 struct SavedOptim {
     path: PathBuf,
@@ -1663,7 +1671,7 @@ impl SavedOptim {
         opt.restore(&self.tensors, prefix)
             .map_err(|message| TrainError::Data {
                 path: self.path.clone(),
-                message: format!("{message} (start afresh with --no-resume)"),
+                message: with_resume_hint(&message),
             })
     }
 }
