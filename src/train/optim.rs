@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, backprop::GradStore};
-use candle_nn::{Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
 
 /// One trained variable and its two moments.
 struct Slot {
@@ -161,35 +161,11 @@ impl AdamW {
     }
 }
 
-impl Optimizer for AdamW {
-    type Config = ParamsAdamW;
-
-    fn new(vars: Vec<Var>, params: ParamsAdamW) -> candle_core::Result<Self> {
-        let named = vars
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v))
-            .collect();
-        Self::new(named, params)
-    }
-
-    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        Self::step(self, grads)
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.params.lr
-    }
-
-    fn set_learning_rate(&mut self, lr: f64) {
-        Self::set_learning_rate(self, lr);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+    use candle_nn::Optimizer;
 
     fn quadratic_grads(x: &Var) -> GradStore {
         // d/dx of sum((x - 3)^2)
