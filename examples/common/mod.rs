@@ -37,13 +37,15 @@ pub fn detect_all(samples: &[Sample]) -> Vec<Found> {
     found
 }
 
-/// Writes `out/meta.csv`: each sample's dataset, label, split and whether a
-/// face was found (`found`, in sample order), the rows of the feature files.
+/// Writes `out/meta.csv`: each sample's dataset, label, split, whether a
+/// face was found (`found`, in sample order) and path, the rows of the
+/// feature files.
 pub fn write_meta(out: &Path, samples: &[Sample], found: impl Iterator<Item = bool>) {
     let mut meta = std::fs::File::create(out.join("meta.csv")).unwrap();
-    writeln!(meta, "dataset,label,split,has_face").unwrap();
+    writeln!(meta, "dataset,label,split,has_face,path").unwrap();
     for (s, f) in samples.iter().zip(found) {
-        writeln!(meta, "{},{},{:?},{f}", s.dataset, s.label, s.split).unwrap();
+        let path = s.path.display();
+        writeln!(meta, "{},{},{:?},{f},{path}", s.dataset, s.label, s.split).unwrap();
     }
 }
 
