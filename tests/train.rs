@@ -530,6 +530,22 @@ fn cli_trains_and_reports() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/data"));
+    // An out-of-range scale of the degrading augmentations is refused
+    // before any work, naming the option.
+    for scale in ["-1", "NaN", "4"] {
+        let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+            .args(["train", "--data"])
+            .arg(data.path())
+            .arg("--out")
+            .arg(out.path().join("y"))
+            .arg(format!("--degradations={scale}"))
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains("--degradations"), "{err}");
+        assert!(!out.path().join("y").exists());
+    }
 }
 
 /// A run stopped after an epoch — inside the probe stage, at its end, or

@@ -84,6 +84,11 @@ pub struct Args {
     /// rotation ±8°, shift ±8 px; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub jitter: f64,
+    /// Scales how often the degrading augmentations — JPEG re-compression
+    /// (0.3), Gaussian blur (0.15), downscaling (0.25) — are applied to a
+    /// training face (0: never; 1: the default probabilities).
+    #[arg(long, value_name = "SCALE", default_value_t = 1.0)]
+    pub degradations: f64,
     /// Share of self-blended fakes per epoch (0 turns them off).
     #[arg(long, default_value_t = 0.15)]
     pub self_blend: f64,
@@ -150,6 +155,13 @@ fn options(args: &Args) -> Result<TrainOptions> {
     opts.weight_decay = args.weight_decay;
     opts.dropout = args.dropout;
     opts.augment.jitter = args.jitter;
+    if !(0.0..=3.0).contains(&args.degradations) {
+        anyhow::bail!(
+            "--degradations must be between 0 and 3 (it scales the probabilities of JPEG, blur and downscaling), not {}",
+            args.degradations
+        );
+    }
+    opts.augment = opts.augment.with_degradations(args.degradations);
     opts.dim = args.dim;
     opts.experts = args.experts;
     opts.self_blend = args.self_blend;

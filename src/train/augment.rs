@@ -71,6 +71,17 @@ impl AugmentOptions {
             jitter: 0.0,
         }
     }
+
+    /// These options with the probabilities of the degrading
+    /// augmentations — JPEG re-compression, blur, downscaling — times
+    /// `scale` (each capped at 1; 0 turns them off), the rest unchanged.
+    #[must_use]
+    pub fn with_degradations(mut self, scale: f64) -> Self {
+        for p in [&mut self.jpeg, &mut self.blur, &mut self.downscale] {
+            *p = (*p * scale).clamp(0.0, 1.0);
+        }
+        self
+    }
 }
 
 /// Mirrors 5 landmarks of a `size`-wide image: x ↦ size − 1 − x, and the
@@ -459,6 +470,47 @@ mod tests {
         let back = mirror_landmarks(&m, 224.0);
         for (a, b) in back.iter().zip(&TEMPLATE_LANDMARKS) {
             assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn degradations_scale_only_jpeg_blur_and_downscaling() {
+        let d = AugmentOptions::default();
+        assert_eq!(d.with_degradations(1.0), d);
+        let off = d.with_degradations(0.0);
+        assert_eq!((off.jpeg, off.blur, off.downscale), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (off.flip, off.color, off.border, off.jitter),
+            (d.flip, d.color, d.border, d.jitter)
+        );
+        let more = d.with_degradations(3.0);
+        assert!((more.jpeg - 0.9).abs() < 1e-12);
+        assert_eq!(more.downscale, 0.75);
+        assert_eq!(d.with_degradations(5.0).jpeg, 1.0);
+        // Off, and nothing else on: a face comes back as it was, whatever
+        // the draw; on, the same draws change it.
+        let only = AugmentOptions {
+            jpeg: 1.0,
+            blur: 1.0,
+            downscale: 1.0,
+            ..AugmentOptions::none()
+        };
+        let img = face();
+        for seed in 0..8 {
+            let mut a = img.clone();
+            augment(
+                &mut a,
+                &only.with_degradations(0.0),
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            );
+            assert_eq!(a, img);
+            let mut b = img.clone();
+            augment(
+                &mut b,
+                &only,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            );
+            assert_ne!(b, img);
         }
     }
 
