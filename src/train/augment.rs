@@ -474,6 +474,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::float_cmp)] // 0.25 × 3 and the cap at 1 are exact
     fn degradations_scale_only_jpeg_blur_and_downscaling() {
         let d = AugmentOptions::default();
         assert_eq!(d.with_degradations(1.0), d);
