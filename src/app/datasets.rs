@@ -599,7 +599,7 @@ impl DatasetsView {
                 .show(&mut cols[1], |p| {
                     for (d, roc) in c.datasets.iter().zip(&l.rocs) {
                         if let Some(pts) = roc {
-                            p.line(Line::new(d.clone(), PlotPoints::from(pts.clone())));
+                            p.line(roc_line(d.clone(), pts));
                         }
                     }
                 });
@@ -629,7 +629,7 @@ impl DatasetsView {
                     .y_axis_label("true-positive rate")
                     .show(&mut cols[1], |p| {
                         if let Some(pts) = &d.roc {
-                            p.line(Line::new("ROC", PlotPoints::from(pts.clone())));
+                            p.line(roc_line("ROC".into(), pts));
                         }
                     });
             });
@@ -797,6 +797,18 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"))
 }
 
+/// An ROC curve as the exact staircase of its points: `egui_plot` would
+/// otherwise draw points that share a pixel column as a filled band, which
+/// turns the vertical steps of a small dataset's curve into a thick smear.
+fn roc_line(name: String, pts: &[[f64; 2]]) -> Line<'static> {
+    Line::new(name, PlotPoints::from(pts.to_vec())).allow_band(false)
+}
+
+/// Headroom above the tallest bar of a histogram plot, as a share of its
+/// height: the legend sits in the top right corner, where the fakes' bars
+/// of a good detector stand.
+const HIST_HEADROOM: f64 = 0.8;
+
 fn hist_plot(
     ui: &mut Ui,
     id: &str,
@@ -805,10 +817,13 @@ fn hist_plot(
     h: &(Histogram, Histogram),
     threshold: f64,
 ) {
+    let tallest = h.0.tallest().max(h.1.tallest());
     Plot::new(id.to_owned())
         .legend(Legend::default())
         .height(160.0)
         .allow_scroll(false)
+        .include_y(0.0)
+        .include_y(tallest * (1.0 + HIST_HEADROOM))
         .show(ui, |p| {
             p.bar_chart(
                 BarChart::new(real_name, h.0.bars(-0.25)).color(Color32::from_rgb(60, 140, 220)),

@@ -50,6 +50,11 @@ impl Histogram {
         }
     }
 
+    /// The largest fraction of any bin (0 for an empty histogram).
+    pub fn tallest(&self) -> f64 {
+        self.fractions.iter().copied().fold(0.0, f64::max)
+    }
+
     /// Bars for `egui_plot`, shifted by `offset` of a bin width (to set two
     /// classes side by side).
     pub fn bars(&self, offset: f64) -> Vec<egui_plot::Bar> {
@@ -122,6 +127,7 @@ mod tests {
         assert_eq!(h.fractions[0], 0.4);
         assert_eq!(h.fractions[BINS - 1], 0.4); // 0.99 and the max, 1.0
         assert_eq!(h.fractions[BINS / 2], 0.2);
+        assert_eq!(h.tallest(), 0.4);
     }
 
     #[test]
