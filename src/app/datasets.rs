@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use egui::{Color32, RichText, Ui};
 use egui_plot::{BarChart, Legend, Line, Plot, PlotPoints, VLine};
+use rayon::prelude::*;
 use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
 use sfam_studio::data::scores::{ScoreRecord, read_scores};
 use sfam_studio::metrics::{
-    Evaluation, EvaluationOptions, RocCurve, ThresholdRule, TransferCell, VideoAgg, rates_at,
-    roc_curve, transfer_table,
+    AucInterval, DomainScores, Evaluation, EvaluationOptions, RocCurve, ThresholdRule,
+    TransferCell, VideoAgg, bootstrap_auc, rates_at, roc_curve, transfer_table,
 };
 
 use super::jobs::{Ctx, Job};
@@ -23,6 +24,24 @@ use super::scoring::{ScoreOutcome, ScoredRun, default_cache_root, errors_message
 /// Most points drawn per ROC curve (the curve is monotone: evenly spaced
 /// points keep its shape).
 const ROC_POINTS: usize = 2000;
+
+/// Coverage of the AUC intervals the view shows.
+const CI_LEVEL: f64 = 0.95;
+
+/// Seed of the bootstrap: `sfam cross-auc --bootstrap N` (seed 0 by
+/// default) gives the same per-dataset intervals for the same N.
+const CI_SEED: u64 = 0;
+
+/// Most bootstrap resamples per interval.
+const CI_MAX_RESAMPLES: usize = 1000;
+
+/// Fewest bootstrap resamples per interval, however large the table.
+const CI_MIN_RESAMPLES: usize = 100;
+
+/// Scores drawn in all for the intervals of one evaluation (each resample
+/// of a cell draws as many scores as the cell holds): keeps a table of a
+/// million scores to about a second of work on the worker.
+const CI_DRAW_BUDGET: usize = 200_000_000;
 
 /// An evaluation with everything the plots need, computed off the UI thread.
 pub struct Loaded {
@@ -37,6 +56,37 @@ pub struct Loaded {
     pub hists: Vec<(Histogram, Histogram)>,
     /// Per dataset: its ROC curve (display points), if defined.
     pub rocs: Vec<Option<Vec<[f64; 2]>>>,
+    /// Bootstrap interval of every defined cell's AUC (rows: reals of,
+    /// columns: fakes of; the diagonal is each dataset's own AUC).
+    pub cell_ci: Vec<Vec<Option<AucInterval>>>,
+}
+
+/// How many bootstrap resamples the intervals of `domains` get: as many as
+/// [`CI_DRAW_BUDGET`] allows over all cells, within
+/// [`CI_MIN_RESAMPLES`]..=[`CI_MAX_RESAMPLES`].
+fn ci_resamples(domains: &[DomainScores]) -> usize {
+    let n: usize = domains.iter().map(|d| d.real.len() + d.fake.len()).sum();
+    (CI_DRAW_BUDGET / (n * domains.len()).max(1)).clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
+}
+
+/// Percentile bootstrap intervals of every cell's AUC (stratified; `None`
+/// where the cell is undefined), the cells in parallel.
+fn cell_intervals(domains: &[DomainScores]) -> Vec<Vec<Option<AucInterval>>> {
+    let resamples = ci_resamples(domains);
+    domains
+        .par_iter()
+        .map(|r| {
+            domains
+                .par_iter()
+                .map(|f| bootstrap_auc(&r.real, &f.fake, resamples, CI_LEVEL, CI_SEED).ok())
+                .collect()
+        })
+        .collect()
+}
+
+/// An interval as `low–high`, or `-`.
+fn fmt_ci(ci: Option<&AucInterval>) -> String {
+    ci.map_or_else(|| "-".to_owned(), |c| format!("{:.3}–{:.3}", c.low, c.high))
 }
 
 /// Thins a ROC curve to at most [`ROC_POINTS`] points, keeping both ends.
@@ -108,12 +158,14 @@ pub fn evaluate(
                 .map(|r| roc_points(&r))
         })
         .collect();
+    let cell_ci = cell_intervals(&eval.domains);
     Ok(Loaded {
         source,
         eval,
         range,
         hists,
         rocs,
+        cell_ci,
     })
 }
 
@@ -608,9 +660,16 @@ impl DatasetsView {
         if let Some(d) = &self.detail {
             ui.separator();
             let (r, f) = (&c.datasets[d.real], &c.datasets[d.fake]);
+            let ci = l.cell_ci[d.real][d.fake].as_ref();
             ui.strong(format!(
-                "Cell [{r}][{f}]: real faces of {r} against fake faces of {f} - AUC {}",
-                fmt(c.matrix[d.real][d.fake].value())
+                "Cell [{r}][{f}]: real faces of {r} against fake faces of {f} - AUC {}{}",
+                fmt(c.matrix[d.real][d.fake].value()),
+                ci.map_or_else(String::new, |c| format!(
+                    " ({:.0}% CI {}, {} bootstrap resamples)",
+                    c.level * 100.0,
+                    fmt_ci(Some(c)),
+                    c.resamples
+                ))
             ));
             ui.columns(2, |cols| {
                 hist_plot(
@@ -644,6 +703,7 @@ impl DatasetsView {
                 "real",
                 "fake",
                 "AUC",
+                "AUC 95% CI",
                 "EER",
                 "AP",
                 "ECE",
@@ -660,6 +720,14 @@ impl DatasetsView {
                 ui.label(d.n_real.to_string());
                 ui.label(d.n_fake.to_string());
                 ui.label(fmt(d.auc));
+                let ci = l.cell_ci.get(k).and_then(|row| row.get(k)).and_then(Option::as_ref);
+                ui.label(fmt_ci(ci)).on_hover_text(ci.map_or_else(
+                    || "undefined: a class is empty".to_owned(),
+                    |c| format!(
+                        "percentile bootstrap, reals and fakes resampled apart, {} resamples, seed {} (`sfam cross-auc --bootstrap {}` gives the same)",
+                        c.resamples, c.seed, c.resamples
+                    ),
+                ));
                 ui.label(fmt(d.eer.map(|e| e.eer)));
                 ui.label(fmt(d.ap));
                 ui.label(fmt(d.calibration.as_ref().map(|x| x.ece)));
@@ -773,11 +841,12 @@ impl DatasetsView {
                     let hover = match c.undefined_reason(i, j) {
                         Some(reason) => format!("undefined: {reason}"),
                         None => format!(
-                            "{} real faces of {} against {} fake faces of {}\nclick: their score distributions and ROC",
+                            "{} real faces of {} against {} fake faces of {}\n95% CI of the AUC {}\nclick: their score distributions and ROC",
                             dom.0.real.len(),
                             c.datasets[i],
                             dom.1.fake.len(),
-                            c.datasets[j]
+                            c.datasets[j],
+                            fmt_ci(l.cell_ci[i][j].as_ref()),
                         ),
                     };
                     if ui.add(button).on_hover_text(hover).clicked() {
@@ -833,4 +902,55 @@ fn hist_plot(
             );
             p.vline(VLine::new("threshold", threshold).color(Color32::from_gray(200)));
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfam_studio::metrics::SortedScores;
+
+    fn domain(n_real: usize, n_fake: usize) -> DomainScores {
+        #[allow(clippy::cast_precision_loss)]
+        let scores = |n: usize, shift: f64| {
+            SortedScores::new((0..n).map(|k| k as f64 / n as f64 + shift).collect()).unwrap()
+        };
+        DomainScores {
+            name: "d".into(),
+            real: scores(n_real, 0.0),
+            fake: scores(n_fake, 0.1),
+        }
+    }
+
+    #[test]
+    fn interval_resamples_shrink_with_the_table_within_their_bounds() {
+        assert_eq!(
+            ci_resamples(&[domain(50, 50), domain(10, 0)]),
+            CI_MAX_RESAMPLES
+        );
+        // 4 datasets of 250 000 scores: 1e6 scores × 4 columns of cells.
+        let big: Vec<DomainScores> = (0..4).map(|_| domain(125_000, 125_000)).collect();
+        assert_eq!(ci_resamples(&big), CI_MIN_RESAMPLES);
+        let mid: Vec<DomainScores> = (0..2).map(|_| domain(250_000, 250_000)).collect();
+        assert_eq!(ci_resamples(&mid), CI_DRAW_BUDGET / 2_000_000);
+        assert_eq!(ci_resamples(&[]), CI_MAX_RESAMPLES);
+    }
+
+    #[test]
+    fn every_defined_cell_gets_an_interval_around_its_auc() {
+        let d = [domain(40, 30), domain(20, 0)];
+        let ci = cell_intervals(&d);
+        assert_eq!(ci.len(), 2);
+        let own = ci[0][0].as_ref().unwrap();
+        let auc = sfam_studio::metrics::auc_sorted(&d[0].real, &d[0].fake).unwrap();
+        assert!(own.low <= auc && auc <= own.high && own.low < own.high);
+        assert_eq!(own.resamples, CI_MAX_RESAMPLES);
+        assert!(
+            ci[1][0].is_some(),
+            "reals of the second against fakes of the first"
+        );
+        assert!(
+            ci[0][1].is_none() && ci[1][1].is_none(),
+            "the second has no fakes"
+        );
+    }
 }

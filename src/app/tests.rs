@@ -59,6 +59,21 @@ fn a_score_file_shows_the_matrix_and_a_cells_distributions() {
     let d = h.state().datasets.detail.as_ref().unwrap();
     assert_eq!((d.real, d.fake), (0, 2));
     assert!((d.hists.0.fractions.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    // Bootstrap intervals: the cell's in its heading, each dataset's in the
+    // table, the same as the library's (and `sfam cross-auc --bootstrap
+    // 1000`'s) for this small table; none for the fake-only dataset.
+    let l = h.state().datasets.loaded.as_ref().unwrap();
+    let (a, sd) = (&l.eval.domains[0], &l.eval.domains[2]);
+    let cell = sfam_studio::metrics::bootstrap_auc(&a.real, &sd.fake, 1000, 0.95, 0).unwrap();
+    let own = sfam_studio::metrics::bootstrap_auc(&a.real, &a.fake, 1000, 0.95, 0).unwrap();
+    assert!(cell.low < cell.high && own.low <= 0.889 && 0.889 <= own.high);
+    assert_eq!(l.cell_ci[0][2].as_ref(), Some(&cell));
+    assert!(l.cell_ci[2].iter().all(Option::is_none), "SD has no reals");
+    h.get_by_label_contains(&format!(
+        "AUC 0.4167 (95% CI {:.3}–{:.3}, 1000 bootstrap resamples)",
+        cell.low, cell.high
+    ));
+    h.get_by_label(&format!("{:.3}–{:.3}", own.low, own.high));
     // The transfer table is there, with the fake-only dataset's reason.
     h.get_by_label_contains("A -> B");
     assert_eq!(h.get_all_by_label("SD: no real faces").count(), 3);
