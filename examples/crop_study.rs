@@ -24,7 +24,7 @@
 mod common;
 
 use rayon::prelude::*;
-use sfam_studio::face::align::{invert, similarity, warp};
+use sfam_studio::face::align::warp;
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
 use std::io::Write;
 
@@ -46,10 +46,7 @@ fn main() {
             let imgs: Vec<Vec<u8>> = chunk
                 .par_iter()
                 .map(|f| match f {
-                    Some((img, lm)) if mode == "aligned" => {
-                        let to_al = similarity(lm, &TEMPLATE_LANDMARKS).unwrap();
-                        warp(img, &invert(&to_al).unwrap(), 224).into_raw()
-                    }
+                    Some(_) if mode == "aligned" => common::aligned(f, &TEMPLATE_LANDMARKS, 224),
                     Some((img, _)) => {
                         let side = img.width().min(img.height()) as f32;
                         let s = side / 224.0;

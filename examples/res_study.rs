@@ -25,7 +25,6 @@
 mod common;
 
 use rayon::prelude::*;
-use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
 
 fn main() {
@@ -39,13 +38,7 @@ fn main() {
         for chunk in found.chunks(32) {
             let imgs: Vec<Vec<u8>> = chunk
                 .par_iter()
-                .map(|f| match f {
-                    Some((img, lm)) => {
-                        let to_al = similarity(lm, &tmpl).unwrap();
-                        warp(img, &invert(&to_al).unwrap(), size).into_raw()
-                    }
-                    None => vec![0u8; s * s * 3],
-                })
+                .map(|f| common::aligned(f, &tmpl, size))
                 .collect();
             bytes.extend(common::descriptor_bytes(&net, &imgs, s));
         }

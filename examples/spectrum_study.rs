@@ -17,20 +17,13 @@
 mod common;
 
 use rayon::prelude::*;
-use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
 
 fn main() {
     let (out, _, found, _) = common::detecting_study::<u32>();
     let bytes: Vec<u8> = found
         .par_iter()
-        .flat_map_iter(|f| match f {
-            Some((img, lm)) => {
-                let to_al = similarity(lm, &TEMPLATE_LANDMARKS).unwrap();
-                warp(img, &invert(&to_al).unwrap(), 224).into_raw()
-            }
-            None => vec![0u8; 224 * 224 * 3],
-        })
+        .flat_map_iter(|f| common::aligned(f, &TEMPLATE_LANDMARKS, 224))
         .collect();
     std::fs::write(out.join("faces224.u8"), bytes).unwrap();
 }

@@ -26,7 +26,6 @@ mod common;
 
 use candle_core::{D, Tensor};
 use rayon::prelude::*;
-use sfam_studio::face::align::{invert, similarity, warp};
 use sfam_studio::face::template::ARCFACE_112;
 use sfam_studio::model::faceres::FaceRes;
 
@@ -55,13 +54,7 @@ fn main() {
             ARCFACE_112.map(|[x, y]| [x * s + 112.0 - 56.0 * s, y * s + 112.0 - 56.0 * s - shift]);
         let imgs: Vec<Vec<u8>> = found
             .par_iter()
-            .map(|f| match f {
-                Some((img, lm)) => {
-                    let to_al = similarity(lm, &tmpl).unwrap();
-                    warp(img, &invert(&to_al).unwrap(), 224).into_raw()
-                }
-                None => vec![0u8; 224 * 224 * 3],
-            })
+            .map(|f| common::aligned(f, &tmpl, 224))
             .collect();
         if let Some(i) = found.iter().position(Option::is_some) {
             image::RgbImage::from_raw(224, 224, imgs[i].clone())

@@ -37,6 +37,20 @@ pub fn detect_all(samples: &[Sample]) -> Vec<Found> {
     found
 }
 
+/// `found`'s face aligned to the landmark template `tmpl` as a `size` ×
+/// `size` RGB image, row-major bytes; zeros where no face was found.
+#[allow(dead_code)] // not every example aligns
+pub fn aligned(found: &Found, tmpl: &[[f32; 2]; 5], size: u32) -> Vec<u8> {
+    use sfam_studio::face::align::{invert, similarity, warp};
+    match found {
+        Some((img, lm)) => {
+            let to_al = similarity(lm, tmpl).unwrap();
+            warp(img, &invert(&to_al).unwrap(), size).into_raw()
+        }
+        None => vec![0u8; (size * size * 3) as usize],
+    }
+}
+
 /// Writes `out/meta.csv`: each sample's dataset, label, split, whether a
 /// face was found (`found`, in sample order) and path, the rows of the
 /// feature files.
