@@ -105,10 +105,46 @@ fn cross_auc_table_shows_matrix_summaries_and_transfer() {
         "worst cell                     0.0000  (real faces of B, fake faces of SD)",
         "undefined: SD has no real faces (3 cells)",
         "AUC 95% CI",
+        "95% bootstrap intervals of the cells (100 resamples, seed 0)",
         "Threshold transfer",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
+    // The cells' intervals: SD's row (no reals) has none.
+    assert!(
+        t.contains("| SD          |               - |               - |               - |"),
+        "{t}"
+    );
+    // The same intervals in the JSON export, `null` where undefined.
+    let o = sfam(&[
+        "cross-auc",
+        SCORES,
+        "--bootstrap",
+        "100",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ci = &v["matrix_ci"];
+    assert_eq!(ci.as_array().unwrap().len(), 3);
+    assert!(
+        ci[2]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(serde_json::Value::is_null)
+    );
+    let (low, high) = (
+        ci[0][0]["low"].as_f64().unwrap(),
+        ci[0][0]["high"].as_f64().unwrap(),
+    );
+    assert!(low <= 0.8889 && 0.8889 <= high, "{ci}");
+    assert_eq!(v["per_dataset"]["A"]["auc_ci"]["low"].as_f64(), Some(low));
+    // Without --bootstrap there are none.
+    let o = sfam(&["cross-auc", SCORES, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.get("matrix_ci").is_none());
 }
 
 #[test]

@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use egui::{Color32, RichText, Ui};
 use egui_plot::{BarChart, Legend, Line, Plot, PlotPoints, VLine};
-use rayon::prelude::*;
 use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
 use sfam_studio::data::scores::{ScoreRecord, read_scores};
 use sfam_studio::metrics::{
-    AucInterval, DomainScores, Evaluation, EvaluationOptions, RocCurve, ThresholdRule,
-    TransferCell, VideoAgg, bootstrap_auc, rates_at, roc_curve, transfer_table,
+    AucInterval, Evaluation, EvaluationOptions, RocCurve, ThresholdRule, TransferCell, VideoAgg,
+    rates_at, roc_curve, transfer_table,
 };
 
 use super::jobs::{Ctx, Job};
@@ -56,32 +55,21 @@ pub struct Loaded {
     pub hists: Vec<(Histogram, Histogram)>,
     /// Per dataset: its ROC curve (display points), if defined.
     pub rocs: Vec<Option<Vec<[f64; 2]>>>,
-    /// Bootstrap interval of every defined cell's AUC (rows: reals of,
-    /// columns: fakes of; the diagonal is each dataset's own AUC).
-    pub cell_ci: Vec<Vec<Option<AucInterval>>>,
 }
 
-/// How many bootstrap resamples the intervals of `domains` get: as many as
+/// How many bootstrap resamples the intervals of a table get: as many as
 /// [`CI_DRAW_BUDGET`] allows over all cells, within
 /// [`CI_MIN_RESAMPLES`]..=[`CI_MAX_RESAMPLES`].
-fn ci_resamples(domains: &[DomainScores]) -> usize {
-    let n: usize = domains.iter().map(|d| d.real.len() + d.fake.len()).sum();
-    (CI_DRAW_BUDGET / (n * domains.len()).max(1)).clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
+fn ci_resamples(records: &[ScoreRecord]) -> usize {
+    let datasets: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.dataset.as_str()).collect();
+    (CI_DRAW_BUDGET / (records.len() * datasets.len()).max(1))
+        .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
 }
 
-/// Percentile bootstrap intervals of every cell's AUC (stratified; `None`
-/// where the cell is undefined), the cells in parallel.
-fn cell_intervals(domains: &[DomainScores]) -> Vec<Vec<Option<AucInterval>>> {
-    let resamples = ci_resamples(domains);
-    domains
-        .par_iter()
-        .map(|r| {
-            domains
-                .par_iter()
-                .map(|f| bootstrap_auc(&r.real, &f.fake, resamples, CI_LEVEL, CI_SEED).ok())
-                .collect()
-        })
-        .collect()
+/// The interval of cell (`real`, `fake`), if it has one.
+fn cell_ci(eval: &Evaluation, real: usize, fake: usize) -> Option<&AucInterval> {
+    eval.cross_auc_ci.get(real)?.get(fake)?.as_ref()
 }
 
 /// An interval as `low–high`, or `-`.
@@ -134,6 +122,7 @@ pub fn evaluate(
     let options = EvaluationOptions {
         video_agg,
         calibration_bins: Some(10),
+        bootstrap: Some((ci_resamples(records), CI_LEVEL, CI_SEED)),
         ..EvaluationOptions::default()
     };
     let eval = Evaluation::from_records(records, &options)
@@ -158,14 +147,12 @@ pub fn evaluate(
                 .map(|r| roc_points(&r))
         })
         .collect();
-    let cell_ci = cell_intervals(&eval.domains);
     Ok(Loaded {
         source,
         eval,
         range,
         hists,
         rocs,
-        cell_ci,
     })
 }
 
@@ -660,7 +647,7 @@ impl DatasetsView {
         if let Some(d) = &self.detail {
             ui.separator();
             let (r, f) = (&c.datasets[d.real], &c.datasets[d.fake]);
-            let ci = l.cell_ci[d.real][d.fake].as_ref();
+            let ci = cell_ci(&l.eval, d.real, d.fake);
             ui.strong(format!(
                 "Cell [{r}][{f}]: real faces of {r} against fake faces of {f} - AUC {}{}",
                 fmt(c.matrix[d.real][d.fake].value()),
@@ -720,7 +707,7 @@ impl DatasetsView {
                 ui.label(d.n_real.to_string());
                 ui.label(d.n_fake.to_string());
                 ui.label(fmt(d.auc));
-                let ci = l.cell_ci.get(k).and_then(|row| row.get(k)).and_then(Option::as_ref);
+                let ci = d.auc_ci.as_ref();
                 ui.label(fmt_ci(ci)).on_hover_text(ci.map_or_else(
                     || "undefined: a class is empty".to_owned(),
                     |c| format!(
@@ -846,7 +833,7 @@ impl DatasetsView {
                             c.datasets[i],
                             dom.1.fake.len(),
                             c.datasets[j],
-                            fmt_ci(l.cell_ci[i][j].as_ref()),
+                            fmt_ci(cell_ci(&l.eval, i, j)),
                         ),
                     };
                     if ui.add(button).on_hover_text(hover).clicked() {
@@ -907,50 +894,29 @@ fn hist_plot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfam_studio::metrics::SortedScores;
+    use sfam_studio::data::Label;
 
-    fn domain(n_real: usize, n_fake: usize) -> DomainScores {
-        #[allow(clippy::cast_precision_loss)]
-        let scores = |n: usize, shift: f64| {
-            SortedScores::new((0..n).map(|k| k as f64 / n as f64 + shift).collect()).unwrap()
-        };
-        DomainScores {
-            name: "d".into(),
-            real: scores(n_real, 0.0),
-            fake: scores(n_fake, 0.1),
-        }
+    fn records(datasets: usize, per_dataset: usize) -> Vec<ScoreRecord> {
+        (0..datasets * per_dataset)
+            .map(|k| ScoreRecord {
+                path: format!("{k}.jpg"),
+                dataset: format!("d{}", k % datasets),
+                label: if k % 2 == 0 { Label::Real } else { Label::Fake },
+                score: 0.5,
+                video: None,
+            })
+            .collect()
     }
 
     #[test]
     fn interval_resamples_shrink_with_the_table_within_their_bounds() {
+        assert_eq!(ci_resamples(&records(3, 1000)), CI_MAX_RESAMPLES);
+        // 1e6 scores in 4 datasets: 4e6 draws a resample, 50 in the budget.
+        assert_eq!(ci_resamples(&records(4, 250_000)), CI_MIN_RESAMPLES);
         assert_eq!(
-            ci_resamples(&[domain(50, 50), domain(10, 0)]),
-            CI_MAX_RESAMPLES
+            ci_resamples(&records(2, 250_000)),
+            CI_DRAW_BUDGET / 1_000_000
         );
-        // 4 datasets of 250 000 scores: 1e6 scores × 4 columns of cells.
-        let big: Vec<DomainScores> = (0..4).map(|_| domain(125_000, 125_000)).collect();
-        assert_eq!(ci_resamples(&big), CI_MIN_RESAMPLES);
-        let mid: Vec<DomainScores> = (0..2).map(|_| domain(250_000, 250_000)).collect();
-        assert_eq!(ci_resamples(&mid), CI_DRAW_BUDGET / 2_000_000);
         assert_eq!(ci_resamples(&[]), CI_MAX_RESAMPLES);
-    }
-
-    #[test]
-    fn every_defined_cell_gets_an_interval_around_its_auc() {
-        let d = [domain(40, 30), domain(20, 0)];
-        let ci = cell_intervals(&d);
-        assert_eq!(ci.len(), 2);
-        let own = ci[0][0].as_ref().unwrap();
-        let auc = sfam_studio::metrics::auc_sorted(&d[0].real, &d[0].fake).unwrap();
-        assert!(own.low <= auc && auc <= own.high && own.low < own.high);
-        assert_eq!(own.resamples, CI_MAX_RESAMPLES);
-        assert!(
-            ci[1][0].is_some(),
-            "reals of the second against fakes of the first"
-        );
-        assert!(
-            ci[0][1].is_none() && ci[1][1].is_none(),
-            "the second has no fakes"
-        );
     }
 }

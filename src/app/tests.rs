@@ -67,8 +67,12 @@ fn a_score_file_shows_the_matrix_and_a_cells_distributions() {
     let cell = sfam_studio::metrics::bootstrap_auc(&a.real, &sd.fake, 1000, 0.95, 0).unwrap();
     let own = sfam_studio::metrics::bootstrap_auc(&a.real, &a.fake, 1000, 0.95, 0).unwrap();
     assert!(cell.low < cell.high && own.low <= 0.889 && 0.889 <= own.high);
-    assert_eq!(l.cell_ci[0][2].as_ref(), Some(&cell));
-    assert!(l.cell_ci[2].iter().all(Option::is_none), "SD has no reals");
+    assert_eq!(l.eval.cross_auc_ci[0][2].as_ref(), Some(&cell));
+    assert_eq!(l.eval.per_dataset[0].auc_ci.as_ref(), Some(&own));
+    assert!(
+        l.eval.cross_auc_ci[2].iter().all(Option::is_none),
+        "SD has no reals"
+    );
     h.get_by_label_contains(&format!(
         "AUC 0.4167 (95% CI {:.3}–{:.3}, 1000 bootstrap resamples)",
         cell.low, cell.high

@@ -157,6 +157,30 @@ fn table(eval: &Evaluation, args: &Args) -> String {
     }
     align_numbers(&mut t, 1);
     let _ = writeln!(out, "{t}\n");
+    if !eval.cross_auc_ci.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:.0}% bootstrap intervals of the cells ({} resamples, seed {})\n",
+            args.level * 100.0,
+            args.bootstrap,
+            args.seed
+        );
+        let mut header = vec!["real \\ fake".to_owned()];
+        header.extend(c.datasets.iter().cloned());
+        let mut t = new_table(header);
+        for (name, row) in c.datasets.iter().zip(&eval.cross_auc_ci) {
+            let mut cells = vec![name.clone()];
+            cells.extend(row.iter().map(|ci| {
+                ci.map_or_else(
+                    || "-".to_owned(),
+                    |ci| format!("{:.4} - {:.4}", ci.low, ci.high),
+                )
+            }));
+            t.add_row(cells);
+        }
+        align_numbers(&mut t, 1);
+        let _ = writeln!(out, "{t}\n");
+    }
 
     let name = |i: usize| c.datasets[i].as_str();
     let _ = writeln!(out, "Summary");

@@ -31,8 +31,11 @@ pub fn matrix_csv(c: &CrossAuc) -> std::io::Result<String> {
 }
 
 /// The evaluation as one JSON object: `datasets`, `matrix` (`null` where
-/// undefined), `summary`, `undefined_cells`, `per_dataset`, and `transfer`
-/// when the evaluation has one. `source` names the score table.
+/// undefined), `summary`, `undefined_cells`, `per_dataset`, `matrix_ci`
+/// (each cell's bootstrap interval, `{low, high}` or `null`; level,
+/// resamples and seed are each dataset's `auc_ci`'s) when the evaluation
+/// has intervals, and `transfer` when it has one. `source` names the score
+/// table.
 #[must_use]
 pub fn evaluation_json(eval: &Evaluation, source: &str) -> Value {
     let c = &eval.cross_auc;
@@ -81,6 +84,17 @@ pub fn evaluation_json(eval: &Evaluation, source: &str) -> Value {
         "undefined_cells": undefined,
         "per_dataset": per,
     });
+    if !eval.cross_auc_ci.is_empty() {
+        out["matrix_ci"] = json!(
+            eval.cross_auc_ci
+                .iter()
+                .map(|row| row
+                    .iter()
+                    .map(|c| c.map(|c| json!({"low": c.low, "high": c.high})))
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+    }
     if let Some(rule) = eval.transfer_rule {
         out["transfer"] = json!({
             "rule": rule,

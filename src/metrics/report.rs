@@ -19,7 +19,8 @@ pub struct EvaluationOptions {
     pub video_agg: Option<VideoAgg>,
     /// Threshold-transfer table with this rule (`None`: no table).
     pub transfer: Option<ThresholdRule>,
-    /// Bootstrap intervals for each dataset's AUC: `(resamples, level, seed)`.
+    /// Bootstrap intervals of each dataset's AUC and of every cell of the
+    /// Cross-AUC matrix: `(resamples, level, seed)`.
     pub bootstrap: Option<(usize, f64, u64)>,
     /// Calibration with this many bins (only for scores in `[0, 1]`).
     pub calibration_bins: Option<usize>,
@@ -76,6 +77,10 @@ pub struct Evaluation {
     pub transfer_rule: Option<ThresholdRule>,
     /// Threshold transfer, `source × target`, row-major; empty unless asked for.
     pub transfer: Vec<TransferCell>,
+    /// Bootstrap interval of every cell's AUC, in matrix order (rows: reals
+    /// of; `None` where the cell is undefined; the diagonal is each
+    /// dataset's `auc_ci`); empty unless asked for.
+    pub cross_auc_ci: Vec<Vec<Option<AucInterval>>>,
     /// The sorted scores behind the figures, for plots.
     #[serde(skip)]
     pub domains: Vec<DomainScores>,
@@ -130,9 +135,17 @@ impl Evaluation {
             None => records,
         };
         let domains = group_by_dataset(records)?;
+        let cross_auc_ci = match options.bootstrap {
+            Some((n, level, seed)) => cell_intervals(&domains, n, level, seed),
+            None => Vec::new(),
+        };
         let per_dataset = domains
             .iter()
-            .map(|d| dataset_report(d, options))
+            .enumerate()
+            .map(|(k, d)| {
+                let ci = cross_auc_ci.get(k).and_then(|row| row[k]);
+                dataset_report(d, ci, options)
+            })
             .collect::<Result<_, _>>()?;
         let transfer = match options.transfer {
             None => Vec::new(),
@@ -145,9 +158,30 @@ impl Evaluation {
             cross_auc: CrossAuc::compute(&domains),
             transfer_rule: options.transfer,
             transfer,
+            cross_auc_ci,
             domains,
         })
     }
+}
+
+/// Percentile bootstrap intervals of every cell's AUC (reals of the row's
+/// dataset against fakes of the column's, each class resampled apart),
+/// the cells in parallel; `None` where a class is empty.
+fn cell_intervals(
+    domains: &[DomainScores],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Vec<Vec<Option<AucInterval>>> {
+    domains
+        .par_iter()
+        .map(|r| {
+            domains
+                .par_iter()
+                .map(|f| bootstrap_auc(&r.real, &f.fake, resamples, level, seed).ok())
+                .collect()
+        })
+        .collect()
 }
 
 fn check_options(o: &EvaluationOptions) -> Result<(), Undefined> {
@@ -171,14 +205,15 @@ fn check_options(o: &EvaluationOptions) -> Result<(), Undefined> {
     Ok(())
 }
 
-fn dataset_report(d: &DomainScores, o: &EvaluationOptions) -> Result<DatasetReport, Undefined> {
+/// One dataset's figures; `auc_ci` is its diagonal cell's interval.
+fn dataset_report(
+    d: &DomainScores,
+    auc_ci: Option<AucInterval>,
+    o: &EvaluationOptions,
+) -> Result<DatasetReport, Undefined> {
     let (real, fake) = (&d.real, &d.fake);
     let auc = auc_sorted(real, fake);
     let undefined = auc.as_ref().err().map(|e| format!("{}: {e}", d.name));
-    let auc_ci = match o.bootstrap {
-        Some((n, level, seed)) if auc.is_ok() => Some(bootstrap_auc(real, fake, n, level, seed)?),
-        _ => None,
-    };
     let calibration = match o.calibration_bins {
         Some(bins) => match calibration(real, fake, bins) {
             Ok(c) => Some(c),
@@ -281,6 +316,44 @@ mod tests {
         assert_eq!(e.cross_auc.matrix[0][1].value(), Some(0.0));
         assert!(e.transfer[2].transfer.is_none()); // gen cannot choose a threshold
         assert!(e.transfer[1].transfer.is_some());
+        // Intervals: a's own and a's reals against gen's fakes; gen has no
+        // reals, so its row has none.
+        let ci = &e.cross_auc_ci;
+        assert_eq!(ci.len(), 2);
+        assert_eq!(ci[0][0], e.per_dataset[0].auc_ci);
+        assert!(ci[0][1].is_some());
+        assert_eq!(ci[1], vec![None, None]);
+        assert_eq!(g.auc_ci, None);
+    }
+
+    #[test]
+    fn cell_intervals_are_the_bootstrap_of_each_cell() {
+        let mut recs = Vec::new();
+        for k in 0..40 {
+            let x = f64::from(k) / 40.0;
+            recs.push(rec("a", Label::Real, x, None));
+            recs.push(rec("a", Label::Fake, x + 0.3, None));
+            recs.push(rec("b", Label::Real, x + 0.1, None));
+            recs.push(rec("b", Label::Fake, x * 0.5 + 0.5, None));
+        }
+        let opts = EvaluationOptions {
+            bootstrap: Some((200, 0.9, 7)),
+            ..Default::default()
+        };
+        let e = Evaluation::from_records(&recs, &opts).unwrap();
+        for (i, row) in e.cross_auc_ci.iter().enumerate() {
+            for (j, cell) in row.iter().enumerate() {
+                let (r, f) = (&e.domains[i].real, &e.domains[j].fake);
+                assert_eq!(*cell, Some(bootstrap_auc(r, f, 200, 0.9, 7).unwrap()));
+                let c = cell.unwrap();
+                let auc = e.cross_auc.matrix[i][j].value().unwrap();
+                assert!(c.low <= auc && auc <= c.high && c.low < c.high, "{i},{j}");
+            }
+            assert_eq!(row[i], e.per_dataset[i].auc_ci);
+        }
+        let plain = Evaluation::from_records(&recs, &EvaluationOptions::default()).unwrap();
+        assert!(plain.cross_auc_ci.is_empty());
+        assert!(plain.per_dataset.iter().all(|d| d.auc_ci.is_none()));
     }
 
     #[test]
