@@ -247,3 +247,94 @@ fn datasets_finds_the_shared_data() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["datasets"].as_array().unwrap().len(), 3);
 }
+
+/// `sfam compare`: the fixture table against a second detector's that
+/// ranks A's fake `a/fake/2.jpg` above every real face (A: 8/9 → 1) and
+/// lacks one face, in another row order, with one face of its own.
+#[test]
+fn compare_pairs_two_detectors_and_bootstraps_each_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let original =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SCORES)).unwrap();
+    let mut rows: Vec<String> = original
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("b/real/2.jpg"))
+        .map(|l| l.replace("a/fake/2.jpg,A,fake,0.25", "a/fake/2.jpg,A,fake,0.95"))
+        .collect();
+    rows.reverse();
+    rows.push("extra.jpg,A,real,0.5,".into());
+    let second = dir.path().join("second.csv");
+    std::fs::write(
+        &second,
+        format!("path,dataset,label,score,video\n{}\n", rows.join("\n")),
+    )
+    .unwrap();
+    let second = second.to_str().unwrap();
+
+    let o = sfam(&["compare", SCORES, second, "--bootstrap", "200"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = stdout(&o);
+    for needle in [
+        "11 faces in both tables (1 only in the first, 1 only in the second)",
+        "| A       |    3 |    3 |    0.8889 |     1.0000 |        +0.1111 |",
+        "95% paired bootstrap interval (200 resamples, seed 0)",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+    let o = sfam(&[
+        "compare",
+        SCORES,
+        second,
+        "--bootstrap",
+        "200",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["datasets"], serde_json::json!(["A", "B", "SD"]));
+    assert_eq!(
+        (v["paired_faces"].as_u64(), v["only_first"].as_u64()),
+        (Some(11), Some(1))
+    );
+    let a = &v["cells"][0][0];
+    assert!((a["difference"].as_f64().unwrap() - 1.0 / 9.0).abs() < 1e-12);
+    assert!(a["low"].as_f64().unwrap() <= a["high"].as_f64().unwrap());
+    // B lost one real face: its own AUC over the faces both scored.
+    assert_eq!(v["cells"][1][1]["auc_first"].as_f64(), Some(1.0));
+    assert!(
+        v["cells"][2]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(serde_json::Value::is_null)
+    );
+
+    // Tables that disagree on a face, share no face, or bad options: errors
+    // naming what is wrong, nothing on standard output.
+    let relabelled = dir.path().join("relabelled.csv");
+    std::fs::write(
+        &relabelled,
+        original.replace("b/fake/1.jpg,B,fake", "b/fake/1.jpg,B,real"),
+    )
+    .unwrap();
+    let o = sfam(&["compare", SCORES, relabelled.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("disagree on b/fake/1.jpg") && e.contains("relabelled.csv"),
+        "{e}"
+    );
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "path,dataset,label,score\nz.jpg,A,real,0.5\n").unwrap();
+    let o = sfam(&["compare", SCORES, other.to_str().unwrap()]);
+    assert!(!o.status.success() && stdout(&o).is_empty());
+    assert!(
+        stderr(&o).contains("no path is in both score tables"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sfam(&["compare", SCORES, second, "--level", "1.5"]);
+    assert!(!o.status.success() && stderr(&o).contains("--level"));
+}

@@ -1,6 +1,7 @@
 //! The command line (clap): parses arguments, calls the library, prints.
 //! Errors are reported once, here, with the file they concern.
 
+mod compare;
 mod cross_auc;
 mod datasets;
 mod embed;
@@ -54,6 +55,19 @@ pub enum Command {
     /// real or fake faces are undefined and shown as `-` (null in JSON).
     #[command(name = "cross-auc")]
     CrossAuc(cross_auc::Args),
+    /// Two detectors' score tables on the same faces: each Cross-AUC
+    /// cell's AUC difference (second − first) with a paired bootstrap
+    /// interval.
+    ///
+    /// Rows are paired by `path` (the tables must agree on each shared
+    /// face's dataset and label; faces in one table only are counted and
+    /// left out). Each resample draws real and fake faces with replacement
+    /// (stratified) and scores the drawn faces with both detectors, so the
+    /// faces' own difficulty, which both share, cancels: a difference whose
+    /// interval excludes 0 is more than these faces' sampling explains
+    /// (not more than a rerun of training would move — compare runs, not
+    /// single models, for that).
+    Compare(compare::Args),
     /// Find datasets of real and fake faces under folders or manifests.
     ///
     /// Layouts: ROOT/<dataset>/{real,fake}/** (also Real/Fake,
@@ -130,6 +144,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         None => crate::app::run(cli.open, cli.model).map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
+        Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
         Some(Command::Faces(args)) => faces::run(&args),
         Some(Command::Embed(args)) => embed::run(&args),

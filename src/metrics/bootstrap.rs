@@ -22,7 +22,7 @@ pub struct AucInterval {
 }
 
 /// AUC of sorted scores where score `k` counts `w[k]` times.
-fn weighted_auc(real: &[f64], wr: &[u32], fake: &[f64], wf: &[u32]) -> f64 {
+pub(super) fn weighted_auc(real: &[f64], wr: &[u32], fake: &[f64], wf: &[u32]) -> f64 {
     // cum[k] = total weight of real[..k].
     let mut cum = Vec::with_capacity(real.len() + 1);
     cum.push(0u64);
@@ -50,7 +50,7 @@ fn weighted_auc(real: &[f64], wr: &[u32], fake: &[f64], wf: &[u32]) -> f64 {
 }
 
 /// Multinomial resample counts: `n` draws with replacement from `n` items.
-fn resample_counts(rng: &mut ChaCha8Rng, n: usize, counts: &mut [u32]) {
+pub(super) fn resample_counts(rng: &mut ChaCha8Rng, n: usize, counts: &mut [u32]) {
     counts.fill(0);
     for _ in 0..n {
         counts[rng.random_range(0..n)] += 1;
@@ -110,7 +110,7 @@ pub fn bootstrap_auc(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss
 )]
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let k = pos.floor() as usize;
     let frac = pos - k as f64;

@@ -1,6 +1,7 @@
 //! Metrics on detector scores: AUC, ROC, EER, AP, thresholds and their
 //! transfer across datasets, calibration, bootstrap intervals, video-level
-//! aggregation, and the Cross-AUC matrix.
+//! aggregation, the Cross-AUC matrix, and two detectors compared on the
+//! same faces.
 //!
 //! Conventions everywhere: the positive class is **fake**; a score is
 //! "higher = more likely fake"; a face is flagged fake when
@@ -13,6 +14,7 @@ mod bootstrap;
 mod calibration;
 mod cross_auc;
 mod export;
+mod paired;
 mod report;
 mod threshold;
 mod video;
@@ -22,6 +24,7 @@ pub use bootstrap::{AucInterval, bootstrap_auc};
 pub use calibration::{Calibration, ReliabilityBin, calibration};
 pub use cross_auc::{Cell, CrossAuc, CrossAucSummary, DomainScores, PairMean, WorstCell};
 pub use export::{evaluation_json, matrix_csv};
+pub use paired::{PairError, PairedDifference, PairedTables, paired_auc_difference, paired_cells};
 pub use report::{
     DatasetReport, Evaluation, EvaluationOptions, TransferCell, group_by_dataset, transfer_table,
 };
