@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
-use sfam_studio::metrics::{CrossAuc, DomainScores, SortedScores, auc};
+use sfam_studio::metrics::{CrossAuc, DomainScores, SortedScores, auc, paired_auc_difference};
 use std::hint::black_box;
 
 /// 10^6 scores: uniform, balanced random labels, fakes shifted by +0.1.
@@ -41,6 +41,26 @@ fn cross_data() -> Vec<(Vec<f64>, Vec<f64>)> {
             (r, f)
         })
         .collect()
+}
+
+/// Two detectors on 5 000 real and 5 000 fake faces: the first's scores
+/// ~ N(0, 1) for reals and N(1, 1) for fakes, the second's the first's plus
+/// N(0, 0.5) noise (correlated, as two detectors on the same faces are).
+fn paired_data() -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let noise = Normal::new(0.0, 0.5).unwrap();
+    let mut side = |mean: f64| -> Vec<(f64, f64)> {
+        let d = Normal::new(mean, 1.0).unwrap();
+        (0..5000)
+            .map(|_| {
+                let a = d.sample(&mut rng);
+                (a, a + noise.sample(&mut rng))
+            })
+            .collect()
+    };
+    let real = side(0.0);
+    let fake = side(1.0);
+    (real, fake)
 }
 
 /// The benchmarks.
@@ -76,6 +96,16 @@ fn benches(c: &mut Criterion) {
         .collect();
     g.bench_function("64 cells from sorted scores (merge only)", |b| {
         b.iter(|| CrossAuc::compute(black_box(&sorted)));
+    });
+    g.finish();
+
+    let (real, fake) = paired_data();
+    let mut g = c.benchmark_group("paired_bootstrap_10k");
+    g.sample_size(10);
+    g.bench_function("1000 resamples, both detectors' AUC each", |b| {
+        b.iter(|| {
+            paired_auc_difference(black_box(&real), black_box(&fake), 1000, 0.95, 0).unwrap()
+        });
     });
     g.finish();
 }
