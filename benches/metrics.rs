@@ -43,13 +43,16 @@ fn cross_data() -> Vec<(Vec<f64>, Vec<f64>)> {
         .collect()
 }
 
+/// One face's scores by two detectors.
+type Pair = (f64, f64);
+
 /// Two detectors on 5 000 real and 5 000 fake faces: the first's scores
 /// ~ N(0, 1) for reals and N(1, 1) for fakes, the second's the first's plus
 /// N(0, 0.5) noise (correlated, as two detectors on the same faces are).
-fn paired_data() -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn paired_data() -> (Vec<Pair>, Vec<Pair>) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let noise = Normal::new(0.0, 0.5).unwrap();
-    let mut side = |mean: f64| -> Vec<(f64, f64)> {
+    let mut side = |mean: f64| -> Vec<Pair> {
         let d = Normal::new(mean, 1.0).unwrap();
         (0..5000)
             .map(|_| {
