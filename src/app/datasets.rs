@@ -12,8 +12,8 @@ use egui_plot::{BarChart, Legend, Line, Plot, PlotPoints, VLine};
 use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
 use sfam_studio::data::scores::{ScoreRecord, read_scores};
 use sfam_studio::metrics::{
-    AucInterval, Evaluation, EvaluationOptions, RocCurve, ThresholdRule, TransferCell, VideoAgg,
-    rates_at, roc_curve, transfer_table,
+    AucInterval, Evaluation, EvaluationOptions, PairedDifference, PairedTables, RocCurve,
+    ThresholdRule, TransferCell, VideoAgg, paired_cells, rates_at, roc_curve, transfer_table,
 };
 
 use super::jobs::{Ctx, Job};
@@ -55,6 +55,57 @@ pub struct Loaded {
     pub hists: Vec<(Histogram, Histogram)>,
     /// Per dataset: its ROC curve (display points), if defined.
     pub rocs: Vec<Option<Vec<[f64; 2]>>>,
+    /// The score table itself (a comparison pairs it with another).
+    pub records: Arc<Vec<ScoreRecord>>,
+}
+
+/// Another detector's score table compared with the loaded one on the
+/// faces both scored: every cell's AUC difference (second − first) with a
+/// paired bootstrap interval ([`paired_cells`]).
+pub struct Comparison {
+    /// Where the second table came from.
+    pub second: String,
+    /// Faces in both tables.
+    pub paired: usize,
+    /// Rows of the loaded table the second lacks.
+    pub only_first: usize,
+    /// Rows of the second table the loaded one lacks.
+    pub only_second: usize,
+    /// Dataset names, in the order of the loaded table.
+    pub datasets: Vec<String>,
+    /// Rows: reals of; columns: fakes of; `None` where undefined.
+    pub cells: Vec<Vec<Option<PairedDifference>>>,
+}
+
+/// Reads `path` and compares it with `first` (on a worker thread).
+///
+/// # Errors
+/// A message naming the file when it cannot be read or paired.
+pub fn compare_with(
+    first: &[ScoreRecord],
+    path: &Path,
+    ctx: &Ctx<Result<Comparison, String>>,
+) -> Result<Comparison, String> {
+    ctx.progress(0.1, format!("reading {}", path.display()));
+    let second = read_scores(path).map_err(|e| e.to_string())?;
+    if ctx.cancelled() {
+        return Err("cancelled".into());
+    }
+    let paired = PairedTables::pair(first, &second)
+        .map_err(|e| format!("cannot compare with {}: {e}", path.display()))?;
+    ctx.progress(0.5, "bootstrapping every cell's difference".to_owned());
+    let n: usize = paired.real.iter().chain(&paired.fake).map(Vec::len).sum();
+    let resamples = (CI_DRAW_BUDGET / (2 * n * paired.datasets.len()).max(1))
+        .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES);
+    let cells = paired_cells(&paired, resamples, CI_LEVEL, CI_SEED);
+    Ok(Comparison {
+        second: path.display().to_string(),
+        paired: n,
+        only_first: paired.only_first,
+        only_second: paired.only_second,
+        datasets: paired.datasets,
+        cells,
+    })
 }
 
 /// How many bootstrap resamples the intervals of a table get: as many as
@@ -65,6 +116,18 @@ fn ci_resamples(records: &[ScoreRecord]) -> usize {
         records.iter().map(|r| r.dataset.as_str()).collect();
     (CI_DRAW_BUDGET / (records.len() * datasets.len()).max(1))
         .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
+}
+
+/// A difference's colour: green when its interval is above 0, red when
+/// below, grey when it holds 0.
+fn difference_color(d: &PairedDifference) -> Color32 {
+    if d.low > 0.0 {
+        Color32::from_rgb(110, 190, 120)
+    } else if d.high < 0.0 {
+        Color32::from_rgb(215, 110, 100)
+    } else {
+        Color32::from_gray(170)
+    }
 }
 
 /// The interval of cell (`real`, `fake`), if it has one.
@@ -106,7 +169,7 @@ pub fn load_scores(
         return Err("cancelled".into());
     }
     ctx.progress(0.5, format!("evaluating {} scores", records.len()));
-    evaluate(&records, path.display().to_string(), video_agg)
+    evaluate(Arc::new(records), path.display().to_string(), video_agg)
 }
 
 /// Evaluates a score table and prepares its plots (on a worker thread).
@@ -115,17 +178,17 @@ pub fn load_scores(
 /// # Errors
 /// A message naming `source` when the table cannot be evaluated.
 pub fn evaluate(
-    records: &[ScoreRecord],
+    records: Arc<Vec<ScoreRecord>>,
     source: String,
     video_agg: Option<VideoAgg>,
 ) -> Result<Loaded, String> {
     let options = EvaluationOptions {
         video_agg,
         calibration_bins: Some(10),
-        bootstrap: Some((ci_resamples(records), CI_LEVEL, CI_SEED)),
+        bootstrap: Some((ci_resamples(&records), CI_LEVEL, CI_SEED)),
         ..EvaluationOptions::default()
     };
-    let eval = Evaluation::from_records(records, &options)
+    let eval = Evaluation::from_records(&records, &options)
         .map_err(|e| format!("cannot evaluate {source}: {e}"))?;
     let range = score_range(eval.domains.iter().flat_map(|d| [&d.real, &d.fake]));
     let hists = eval
@@ -153,6 +216,7 @@ pub fn evaluate(
         range,
         hists,
         rocs,
+        records,
     })
 }
 
@@ -201,6 +265,8 @@ pub enum Request {
     ScoreDatasets,
     /// Save the last scoring run's score table (CSV or JSON).
     SaveScoresDialog,
+    /// Pick another detector's score table to compare with the loaded one.
+    CompareDialog,
 }
 
 /// The model the view scores with: its folder, and whether it is the
@@ -241,6 +307,13 @@ pub struct DatasetsView {
     pub score_note: Option<String>,
     /// Where scores are cached (see [`default_cache_root`]).
     pub cache_root: PathBuf,
+    /// The loaded table compared with another one, if asked.
+    pub comparison: Option<Comparison>,
+    /// A running comparison.
+    pub compare_job: Option<Job<Result<Comparison, String>>>,
+    /// A table to compare with the next score table that loads (`sfam
+    /// --open A.csv --compare B.csv`).
+    pub compare_after_load: Option<PathBuf>,
 }
 
 impl Default for DatasetsView {
@@ -259,6 +332,9 @@ impl Default for DatasetsView {
             scored: None,
             score_note: None,
             cache_root: default_cache_root(),
+            comparison: None,
+            compare_job: None,
+            compare_after_load: None,
         }
     }
 }
@@ -278,6 +354,30 @@ impl DatasetsView {
         let title = format!("loading {}", path.display());
         self.load_job = Some(Job::spawn("score-table", title, repaint, move |ctx| {
             load_scores(&path, video_agg, ctx)
+        })?);
+        Ok(())
+    }
+
+    /// Starts comparing the loaded table with the score table at `path` in
+    /// the background (replacing a running comparison).
+    ///
+    /// # Errors
+    /// No table is loaded, or the worker cannot start.
+    pub fn compare_with(
+        &mut self,
+        path: PathBuf,
+        repaint: Option<egui::Context>,
+    ) -> Result<(), String> {
+        let Some(loaded) = &self.loaded else {
+            return Err("load a score table first, then compare another with it".into());
+        };
+        if let Some(job) = &self.compare_job {
+            job.cancel();
+        }
+        let first = Arc::clone(&loaded.records);
+        let title = format!("comparing with {}", path.display());
+        self.compare_job = Some(Job::spawn("compare", title, repaint, move |ctx| {
+            compare_with(&first, &path, ctx)
         })?);
         Ok(())
     }
@@ -325,8 +425,9 @@ impl DatasetsView {
         Ok(())
     }
 
-    /// Drains the jobs; returns errors to show (once).
-    pub fn poll(&mut self) -> Vec<String> {
+    /// Drains the jobs; returns errors to show (once). `repaint` wakes the
+    /// UI for a comparison that starts when a load finishes.
+    pub fn poll(&mut self, repaint: Option<egui::Context>) -> Vec<String> {
         let mut errors = Vec::new();
         if let Some(job) = &mut self.load_job {
             match job.poll() {
@@ -335,7 +436,13 @@ impl DatasetsView {
                     self.loaded = Some(Arc::new(loaded));
                     self.detail = None;
                     self.transfer = None;
+                    self.comparison = None;
                     self.load_job = None;
+                    if let Some(path) = self.compare_after_load.take()
+                        && let Err(e) = self.compare_with(path, repaint)
+                    {
+                        errors.push(e);
+                    }
                 }
                 Some(Ok(Err(e))) => {
                     if e != "cancelled" {
@@ -346,6 +453,25 @@ impl DatasetsView {
                 Some(Err(())) => {
                     errors.push("the score-table worker stopped unexpectedly".into());
                     self.load_job = None;
+                }
+            }
+        }
+        if let Some(job) = &mut self.compare_job {
+            match job.poll() {
+                None => {}
+                Some(Ok(Ok(c))) => {
+                    self.comparison = Some(c);
+                    self.compare_job = None;
+                }
+                Some(Ok(Err(e))) => {
+                    if e != "cancelled" {
+                        errors.push(e);
+                    }
+                    self.compare_job = None;
+                }
+                Some(Err(())) => {
+                    errors.push("the comparison worker stopped unexpectedly".into());
+                    self.compare_job = None;
                 }
             }
         }
@@ -453,6 +579,13 @@ impl DatasetsView {
             {
                 requests.push(Request::ExportPlotsPng);
             }
+            if ui
+                .add_enabled(has, egui::Button::new("Compare with..."))
+                .on_hover_text("another detector's score table on the same files, paired by path: every cell's AUC difference with a paired 95% bootstrap interval")
+                .clicked()
+            {
+                requests.push(Request::CompareDialog);
+            }
             ui.label(RichText::new("or drop a .csv/.json score file or a folder here").weak());
         });
         for job in [self.load_job.as_ref().map(|j| (&j.title, &j.progress))]
@@ -473,6 +606,21 @@ impl DatasetsView {
                 }
             });
         }
+        if let Some(job) = &self.compare_job {
+            let mut cancel = false;
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.add(
+                    egui::ProgressBar::new(job.progress.0)
+                        .desired_width((ui.available_width() - 100.0).max(120.0))
+                        .text(format!("{}: {}", job.title, job.progress.1)),
+                );
+                cancel = ui.button("Cancel").clicked();
+            });
+            if cancel {
+                job.cancel();
+            }
+        }
         self.discovery_ui(ui, model, &mut requests);
         ui.separator();
         let Some(loaded) = self.loaded.clone() else {
@@ -480,9 +628,78 @@ impl DatasetsView {
             return requests;
         };
         egui::ScrollArea::vertical().show(ui, |ui| {
+            self.comparison_ui(ui);
             self.loaded_ui(ui, &loaded, threshold);
         });
         requests
+    }
+
+    /// The comparison with another table, if there is one: a grid of
+    /// differences, coloured where the interval excludes 0.
+    fn comparison_ui(&mut self, ui: &mut Ui) {
+        let Some(c) = &self.comparison else { return };
+        let mut close = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(format!(
+                "Compared with {}: its AUC minus this table's, on the {} faces both scored",
+                c.second, c.paired
+            ));
+            ui.label(format!(
+                "({} only in this table, {} only in that one)",
+                c.only_first, c.only_second
+            ));
+            close = ui.button("Close comparison").clicked();
+        });
+        ui.label(
+            RichText::new(
+                "green: that table is better beyond the faces' sampling (95% paired bootstrap interval above 0); red: worse; grey: the interval holds 0. Hover a cell for both AUCs.",
+            )
+            .weak(),
+        );
+        egui::Grid::new("comparison").show(ui, |ui| {
+            ui.label("real \\ fake");
+            for name in &c.datasets {
+                ui.strong(name);
+            }
+            ui.end_row();
+            for (i, row) in c.cells.iter().enumerate() {
+                ui.strong(&c.datasets[i]);
+                for cell in row {
+                    let (text, fill, hover) = match cell {
+                        Some(d) => (
+                            format!("{:+.3}", d.difference),
+                            difference_color(d),
+                            format!(
+                                "AUC {:.4} here, {:.4} there: {:+.4}\n95% paired interval {:+.4} .. {:+.4} ({} resamples)\nthat table not better in {:.1}% of resamples",
+                                d.auc_first,
+                                d.auc_second,
+                                d.difference,
+                                d.low,
+                                d.high,
+                                d.resamples,
+                                100.0 * d.share_not_better
+                            ),
+                        ),
+                        None => (
+                            "n/a".to_owned(),
+                            Color32::from_gray(90),
+                            "undefined: a class is empty among the shared faces".to_owned(),
+                        ),
+                    };
+                    ui.add(
+                        egui::Button::new(RichText::new(text).color(Color32::BLACK).monospace())
+                            .fill(fill)
+                            .min_size(egui::vec2(64.0, 24.0)),
+                    )
+                    .on_hover_text(hover);
+                }
+                ui.end_row();
+            }
+        });
+        ui.separator();
+        if close {
+            self.comparison = None;
+        }
     }
 
     fn discovery_ui(

@@ -83,6 +83,8 @@ enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DialogKind {
     OpenScores,
+    /// A second score table to compare with the loaded one.
+    CompareScores,
     AddRoot,
     ExportMatrix,
     ExportPng,
@@ -140,6 +142,14 @@ impl SfamApp {
             self.errors.push(e);
         }
         self.settings.view = View::Datasets;
+    }
+
+    /// Compares the loaded score table with another one (in the
+    /// background).
+    pub fn compare_scores(&mut self, path: PathBuf) {
+        if let Err(e) = self.datasets.compare_with(path, self.repaint.clone()) {
+            self.errors.push(e);
+        }
     }
 
     /// Adds a dataset folder (discovered in the background).
@@ -226,7 +236,7 @@ impl SfamApp {
 
     /// Drains worker messages (no UI; called every frame and while hidden).
     pub fn poll(&mut self) {
-        let errors = self.datasets.poll();
+        let errors = self.datasets.poll(self.repaint.clone());
         self.errors.extend(errors);
         let errors = self
             .inspect
@@ -247,6 +257,7 @@ impl SfamApp {
                     };
                     match kind {
                         DialogKind::OpenScores => self.open_scores(path),
+                        DialogKind::CompareScores => self.compare_scores(path),
                         DialogKind::AddRoot => self.add_root(path),
                         DialogKind::ExportMatrix => self.export_matrix(&path),
                         DialogKind::ExportPng => self.export_png(path),
@@ -277,7 +288,7 @@ impl SfamApp {
             .spawn(move || {
                 let d = rfd::FileDialog::new();
                 let paths = match kind {
-                    DialogKind::OpenScores => d
+                    DialogKind::OpenScores | DialogKind::CompareScores => d
                         .add_filter("score table", &["csv", "json"])
                         .pick_file()
                         .into_iter()
@@ -495,6 +506,7 @@ impl SfamApp {
                 for r in requests {
                     match r {
                         Request::OpenScoresDialog => self.dialog(DialogKind::OpenScores),
+                        Request::CompareDialog => self.dialog(DialogKind::CompareScores),
                         Request::AddRootDialog => self.dialog(DialogKind::AddRoot),
                         Request::ExportMatrix => self.dialog(DialogKind::ExportMatrix),
                         Request::ExportPlotsPng => self.dialog(DialogKind::ExportPng),
@@ -645,7 +657,11 @@ impl eframe::App for SfamApp {
 ///
 /// # Errors
 /// When no window can be opened (no display, no GPU adapter at all).
-pub fn run(open: Vec<PathBuf>, model: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(
+    open: Vec<PathBuf>,
+    model: Option<PathBuf>,
+    compare: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default()
@@ -667,6 +683,7 @@ pub fn run(open: Vec<PathBuf>, model: Option<PathBuf>) -> anyhow::Result<()> {
                 app.choose_model(Some(dir));
             }
             app.open_paths(open);
+            app.datasets.compare_after_load = compare;
             Ok(Box::new(app))
         }),
     )

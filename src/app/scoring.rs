@@ -143,7 +143,8 @@ pub fn score_datasets(
         .take(ERRORS_KEPT)
         .map(|e| e.error.to_string())
         .collect();
-    let loaded = match evaluate(&report.records, source, video_agg) {
+    let records = Arc::new(report.records);
+    let loaded = match evaluate(Arc::clone(&records), source, video_agg) {
         Ok(l) => l,
         Err(e) => {
             return ScoreOutcome::Failed(if report.errors.is_empty() {
@@ -161,7 +162,7 @@ pub fn score_datasets(
             progress: report.progress,
             cache_dir: cache.dir().to_path_buf(),
             cache_write_failures: report.cache_write_failures,
-            records: Arc::new(report.records),
+            records,
         },
     )
 }

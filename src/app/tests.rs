@@ -83,6 +83,60 @@ fn a_score_file_shows_the_matrix_and_a_cells_distributions() {
     assert_eq!(h.get_all_by_label("SD: no real faces").count(), 3);
 }
 
+/// Compare the loaded table with a second detector's: `a/fake/2.jpg`
+/// moved above every real face of A (A: 8/9 → 1), one face missing.
+#[test]
+fn a_second_table_is_compared_cell_by_cell_and_bad_ones_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(fixture("tests/fixtures/cli/scores.csv")).unwrap();
+    let second = dir.path().join("second.csv");
+    std::fs::write(
+        &second,
+        original
+            .replace("a/fake/2.jpg,A,fake,0.25", "a/fake/2.jpg,A,fake,0.95")
+            .replace("b/real/2.jpg,B,real,0.65,\n", ""),
+    )
+    .unwrap();
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.open_scores(fixture("tests/fixtures/cli/scores.csv"));
+    let mut h = harness(app);
+    step_until(&mut h, |a| a.datasets.loaded.is_some());
+    h.get_by_label("Compare with...");
+    h.state_mut().compare_scores(second.clone());
+    step_until(&mut h, |a| {
+        a.datasets.comparison.is_some() || !a.errors.is_empty()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    h.get_by_label_contains("its AUC minus this table's, on the 11 faces both scored");
+    h.get_by_label_contains("(1 only in this table, 0 only in that one)");
+    let c = h.state().datasets.comparison.as_ref().unwrap();
+    let a = c.cells[0][0].unwrap();
+    assert!((a.difference - 1.0 / 9.0).abs() < 1e-12);
+    assert!(c.cells[2].iter().all(Option::is_none), "SD has no reals");
+    h.get_by_label("+0.111");
+    assert_eq!(
+        h.get_all_by_label("n/a").count(),
+        3 + 3,
+        "the matrix's and the comparison's"
+    );
+    h.get_by_label("Close comparison").click();
+    h.run_steps(3);
+    assert!(h.state().datasets.comparison.is_none());
+
+    // A table that shares no path: one error naming it, the app goes on.
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "path,dataset,label,score\nz.jpg,A,real,0.5\n").unwrap();
+    h.state_mut().compare_scores(other);
+    step_until(&mut h, |a| !a.errors.is_empty());
+    let errors = &h.state().errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("other.csv") && errors[0].contains("no path is in both"),
+        "{errors:?}"
+    );
+    assert!(h.state().datasets.loaded.is_some());
+}
+
 #[test]
 fn a_bad_score_file_is_reported_once_and_the_app_goes_on() {
     let mut app = SfamApp::new(Settings::default(), None);

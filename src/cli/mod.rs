@@ -36,6 +36,11 @@ pub struct Cli {
     /// uses (remembered), instead of the bundled `models/default`.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// With no subcommand: compare the score table opened with `--open`
+    /// with this one (another detector's scores of the same files) once it
+    /// has loaded.
+    #[arg(long, value_name = "SCORES")]
+    pub compare: Option<PathBuf>,
 }
 
 /// The subcommands.
@@ -142,7 +147,7 @@ pub enum Format {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => crate::app::run(cli.open, cli.model).map(|()| ExitCode::SUCCESS),
+        None => crate::app::run(cli.open, cli.model, cli.compare).map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
         Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
