@@ -86,15 +86,11 @@ pub fn compare_with(
     path: &Path,
     ctx: &Ctx<Result<Comparison, String>>,
 ) -> Result<Comparison, String> {
-    ctx.progress(0.1, format!("reading {}", path.display()));
-    let second = read_scores(path).map_err(|e| e.to_string())?;
-    if ctx.cancelled() {
-        return Err("cancelled".into());
-    }
+    let second = read_on_worker(path, ctx)?;
     let paired = PairedTables::pair(first, &second)
         .map_err(|e| format!("cannot compare with {}: {e}", path.display()))?;
     ctx.progress(0.5, "bootstrapping every cell's difference".to_owned());
-    let n: usize = paired.real.iter().chain(&paired.fake).map(Vec::len).sum();
+    let n = paired.len();
     let resamples = (CI_DRAW_BUDGET / (2 * n * paired.datasets.len()).max(1))
         .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES);
     let cells = paired_cells(&paired, resamples, CI_LEVEL, CI_SEED);
@@ -116,6 +112,40 @@ fn ci_resamples(records: &[ScoreRecord]) -> usize {
         records.iter().map(|r| r.dataset.as_str()).collect();
     (CI_DRAW_BUDGET / (records.len() * datasets.len()).max(1))
         .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
+}
+
+/// The result of a job that may fail, once it has finished (the job is
+/// then dropped): its value, or `None` with its error in `errors` (a
+/// cancel says nothing).
+fn finished<T: Send + 'static>(
+    job: &mut Option<Job<Result<T, String>>>,
+    what: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    let result = job.as_mut()?.poll()?;
+    *job = None;
+    match result {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            if e != "cancelled" {
+                errors.push(e);
+            }
+            None
+        }
+        Err(()) => {
+            errors.push(format!("the {what} worker stopped unexpectedly"));
+            None
+        }
+    }
+}
+
+/// The header row of a matrix grid: the corner, then the columns' names.
+fn matrix_header(ui: &mut Ui, names: &[String]) {
+    ui.label("real \\ fake");
+    for name in names {
+        ui.strong(name);
+    }
+    ui.end_row();
 }
 
 /// A difference's colour: green when its interval is above 0, red when
@@ -154,6 +184,17 @@ fn roc_points(roc: &RocCurve) -> Vec<[f64; 2]> {
     pts
 }
 
+/// Reads a score table on a job's worker, saying so in its progress; a
+/// cancel that came meanwhile is the error `cancelled`.
+fn read_on_worker<T>(path: &Path, ctx: &Ctx<T>) -> Result<Vec<ScoreRecord>, String> {
+    ctx.progress(0.1, format!("reading {}", path.display()));
+    let records = read_scores(path).map_err(|e| e.to_string())?;
+    if ctx.cancelled() {
+        return Err("cancelled".into());
+    }
+    Ok(records)
+}
+
 /// Reads and evaluates a score table (runs on a worker thread).
 ///
 /// # Errors
@@ -163,11 +204,7 @@ pub fn load_scores(
     video_agg: Option<VideoAgg>,
     ctx: &Ctx<Result<Loaded, String>>,
 ) -> Result<Loaded, String> {
-    ctx.progress(0.1, format!("reading {}", path.display()));
-    let records = read_scores(path).map_err(|e| e.to_string())?;
-    if ctx.cancelled() {
-        return Err("cancelled".into());
-    }
+    let records = read_on_worker(path, ctx)?;
     ctx.progress(0.5, format!("evaluating {} scores", records.len()));
     evaluate(Arc::new(records), path.display().to_string(), video_agg)
 }
@@ -429,51 +466,19 @@ impl DatasetsView {
     /// UI for a comparison that starts when a load finishes.
     pub fn poll(&mut self, repaint: Option<egui::Context>) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Some(job) = &mut self.load_job {
-            match job.poll() {
-                None => {}
-                Some(Ok(Ok(loaded))) => {
-                    self.loaded = Some(Arc::new(loaded));
-                    self.detail = None;
-                    self.transfer = None;
-                    self.comparison = None;
-                    self.load_job = None;
-                    if let Some(path) = self.compare_after_load.take()
-                        && let Err(e) = self.compare_with(path, repaint)
-                    {
-                        errors.push(e);
-                    }
-                }
-                Some(Ok(Err(e))) => {
-                    if e != "cancelled" {
-                        errors.push(e);
-                    }
-                    self.load_job = None;
-                }
-                Some(Err(())) => {
-                    errors.push("the score-table worker stopped unexpectedly".into());
-                    self.load_job = None;
-                }
+        if let Some(loaded) = finished(&mut self.load_job, "score-table", &mut errors) {
+            self.loaded = Some(Arc::new(loaded));
+            self.detail = None;
+            self.transfer = None;
+            self.comparison = None;
+            if let Some(path) = self.compare_after_load.take()
+                && let Err(e) = self.compare_with(path, repaint)
+            {
+                errors.push(e);
             }
         }
-        if let Some(job) = &mut self.compare_job {
-            match job.poll() {
-                None => {}
-                Some(Ok(Ok(c))) => {
-                    self.comparison = Some(c);
-                    self.compare_job = None;
-                }
-                Some(Ok(Err(e))) => {
-                    if e != "cancelled" {
-                        errors.push(e);
-                    }
-                    self.compare_job = None;
-                }
-                Some(Err(())) => {
-                    errors.push("the comparison worker stopped unexpectedly".into());
-                    self.compare_job = None;
-                }
-            }
+        if let Some(c) = finished(&mut self.compare_job, "comparison", &mut errors) {
+            self.comparison = Some(c);
         }
         if let Some(job) = &mut self.discover_job {
             match job.poll() {
@@ -657,11 +662,7 @@ impl DatasetsView {
             .weak(),
         );
         egui::Grid::new("comparison").show(ui, |ui| {
-            ui.label("real \\ fake");
-            for name in &c.datasets {
-                ui.strong(name);
-            }
-            ui.end_row();
+            matrix_header(ui, &c.datasets);
             for (i, row) in c.cells.iter().enumerate() {
                 ui.strong(&c.datasets[i]);
                 for cell in row {
@@ -1024,11 +1025,7 @@ impl DatasetsView {
         let c = &l.eval.cross_auc;
         let mut clicked = None;
         egui::Grid::new("cross_auc_grid").spacing([2.0, 2.0]).show(ui, |ui| {
-            ui.label("real \\ fake");
-            for name in &c.datasets {
-                ui.strong(name);
-            }
-            ui.end_row();
+            matrix_header(ui, &c.datasets);
             for (i, row) in c.matrix.iter().enumerate() {
                 ui.strong(&c.datasets[i]);
                 for (j, cell) in row.iter().enumerate() {

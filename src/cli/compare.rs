@@ -74,7 +74,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             let mut s = serde_json::to_string_pretty(&json!({
                 "first": args.first.display().to_string(),
                 "second": args.second.display().to_string(),
-                "paired_faces": paired.real.iter().chain(&paired.fake).map(Vec::len).sum::<usize>(),
+                "paired_faces": paired.len(),
                 "only_first": paired.only_first,
                 "only_second": paired.only_second,
                 "datasets": paired.datasets,
@@ -97,7 +97,7 @@ fn signed(x: f64) -> String {
 
 fn table(t: &PairedTables, cells: &[Vec<Option<PairedDifference>>], args: &Args) -> String {
     let mut out = String::new();
-    let n: usize = t.real.iter().chain(&t.fake).map(Vec::len).sum();
+    let n = t.len();
     let _ = writeln!(
         out,
         "first: {}\nsecond: {}\n{n} faces in both tables ({} only in the first, {} only in the second)\n",

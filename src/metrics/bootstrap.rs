@@ -73,16 +73,7 @@ pub fn bootstrap_auc(
     seed: u64,
 ) -> Result<AucInterval, Undefined> {
     auc_sorted(real, fake)?; // class checks
-    if resamples == 0 {
-        return Err(Undefined::BadArgument(
-            "bootstrap needs at least one resample".into(),
-        ));
-    }
-    if !(level > 0.0 && level < 1.0) {
-        return Err(Undefined::BadArgument(format!(
-            "confidence level {level} is not in (0, 1)"
-        )));
-    }
+    check_arguments(resamples, level)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (r, f) = (real.as_slice(), fake.as_slice());
     let (mut wr, mut wf) = (vec![0u32; r.len()], vec![0u32; f.len()]);
@@ -102,6 +93,21 @@ pub fn bootstrap_auc(
         resamples,
         seed,
     })
+}
+
+/// At least one resample, and a level in `(0, 1)`.
+pub(super) fn check_arguments(resamples: usize, level: f64) -> Result<(), Undefined> {
+    if resamples == 0 {
+        return Err(Undefined::BadArgument(
+            "bootstrap needs at least one resample".into(),
+        ));
+    }
+    if !(level > 0.0 && level < 1.0) {
+        return Err(Undefined::BadArgument(format!(
+            "confidence level {level} is not in (0, 1)"
+        )));
+    }
+    Ok(())
 }
 
 /// Linear-interpolation quantile of sorted values (numpy's default).

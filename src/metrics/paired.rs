@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::bootstrap::{quantile, resample_counts, weighted_auc};
+use super::bootstrap::{check_arguments, quantile, resample_counts, weighted_auc};
 use super::{SortedScores, Undefined, auc_sorted};
 use crate::data::Label;
 use crate::data::scores::ScoreRecord;
@@ -67,6 +67,18 @@ pub struct PairedTables {
 }
 
 impl PairedTables {
+    /// Faces in both tables.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.real.iter().chain(&self.fake).map(Vec::len).sum()
+    }
+
+    /// No face in both tables (never so for a table [`Self::pair`] made).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Pairs two score tables by path.
     ///
     /// # Errors
@@ -219,16 +231,7 @@ pub fn paired_auc_difference(
     };
     let auc_first = auc_sorted(&scores(|p| p.0, real)?, &scores(|p| p.0, fake)?)?;
     let auc_second = auc_sorted(&scores(|p| p.1, real)?, &scores(|p| p.1, fake)?)?;
-    if resamples == 0 {
-        return Err(Undefined::BadArgument(
-            "bootstrap needs at least one resample".into(),
-        ));
-    }
-    if !(level > 0.0 && level < 1.0) {
-        return Err(Undefined::BadArgument(format!(
-            "confidence level {level} is not in (0, 1)"
-        )));
-    }
+    check_arguments(resamples, level)?;
     let (r, f) = (Sorted::new(real), Sorted::new(fake));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut cr, mut cf) = (vec![0u32; real.len()], vec![0u32; fake.len()]);
