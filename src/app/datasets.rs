@@ -139,6 +139,22 @@ fn finished<T: Send + 'static>(
     }
 }
 
+/// A running job's row: spinner, progress bar with its title and status,
+/// and a button that cancels it.
+fn job_row<T: Send + 'static>(ui: &mut Ui, job: &Job<T>, cancel: &str) {
+    ui.horizontal(|ui| {
+        ui.spinner();
+        ui.add(
+            egui::ProgressBar::new(job.progress.0)
+                .desired_width((ui.available_width() - 100.0).max(120.0))
+                .text(format!("{}: {}", job.title, job.progress.1)),
+        );
+        if ui.button(cancel).clicked() {
+            job.cancel();
+        }
+    });
+}
+
 /// The header row of a matrix grid: the corner, then the columns' names.
 fn matrix_header(ui: &mut Ui, names: &[String]) {
     ui.label("real \\ fake");
@@ -593,38 +609,11 @@ impl DatasetsView {
             }
             ui.label(RichText::new("or drop a .csv/.json score file or a folder here").weak());
         });
-        for job in [self.load_job.as_ref().map(|j| (&j.title, &j.progress))]
-            .into_iter()
-            .flatten()
-        {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.add(
-                    egui::ProgressBar::new(job.1.0)
-                        .desired_width((ui.available_width() - 100.0).max(120.0))
-                        .text(format!("{}: {}", job.0, job.1.1)),
-                );
-                if ui.button("Cancel").clicked()
-                    && let Some(j) = &self.load_job
-                {
-                    j.cancel();
-                }
-            });
+        if let Some(job) = &self.load_job {
+            job_row(ui, job, "Cancel");
         }
         if let Some(job) = &self.compare_job {
-            let mut cancel = false;
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.add(
-                    egui::ProgressBar::new(job.progress.0)
-                        .desired_width((ui.available_width() - 100.0).max(120.0))
-                        .text(format!("{}: {}", job.title, job.progress.1)),
-                );
-                cancel = ui.button("Cancel").clicked();
-            });
-            if cancel {
-                job.cancel();
-            }
+            job_row(ui, job, "Cancel");
         }
         self.discovery_ui(ui, model, &mut requests);
         ui.separator();
@@ -771,17 +760,7 @@ impl DatasetsView {
             }
         });
         if let Some(job) = &self.score_job {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.add(
-                    egui::ProgressBar::new(job.progress.0)
-                        .desired_width((ui.available_width() - 100.0).max(120.0))
-                        .text(format!("{}: {}", job.title, job.progress.1)),
-                );
-                if ui.button("Cancel scoring").clicked() {
-                    job.cancel();
-                }
-            });
+            job_row(ui, job, "Cancel scoring");
         } else if let Some(note) = &self.score_note {
             ui.label(note);
         } else if let Some(run) = &self.scored {
