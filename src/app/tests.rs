@@ -135,6 +135,18 @@ fn a_second_table_is_compared_cell_by_cell_and_bad_ones_are_reported() {
         "{errors:?}"
     );
     assert!(h.state().datasets.loaded.is_some());
+
+    // `sfam --open A --compare B`: the comparison starts when A has loaded.
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.datasets.compare_after_load = Some(second);
+    app.open_scores(fixture("tests/fixtures/cli/scores.csv"));
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.datasets.comparison.is_some() || !a.errors.is_empty()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(h.state().datasets.compare_after_load.is_none());
+    h.get_by_label("+0.111");
 }
 
 #[test]
