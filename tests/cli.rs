@@ -279,6 +279,7 @@ fn compare_pairs_two_detectors_and_bootstraps_each_cell() {
         "11 faces in both tables (1 only in the first, 1 only in the second)",
         "| A       |    3 |    3 |    0.8889 |     1.0000 |        +0.1111 |",
         "95% paired bootstrap interval (200 resamples, seed 0)",
+        "Cross-AUC (mean of the off-diagonal cells, every cell on the same resampled faces): first 0.5208, second 0.6042, second - first +0.0833",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
@@ -310,6 +311,7 @@ fn compare_pairs_two_detectors_and_bootstraps_each_cell() {
             .iter()
             .all(serde_json::Value::is_null)
     );
+    assert!(v["cross_auc"]["low"].as_f64().unwrap() <= v["cross_auc"]["high"].as_f64().unwrap());
 
     // Tables that disagree on a face, share no face, or bad options: errors
     // naming what is wrong, nothing on standard output.

@@ -13,7 +13,8 @@ use sfam_studio::data::datasets::{DiscoverOptions, Discovery, discover};
 use sfam_studio::data::scores::{ScoreRecord, read_scores};
 use sfam_studio::metrics::{
     AucInterval, Evaluation, EvaluationOptions, PairedDifference, PairedTables, RocCurve,
-    ThresholdRule, TransferCell, VideoAgg, paired_cells, rates_at, roc_curve, transfer_table,
+    ThresholdRule, TransferCell, VideoAgg, paired_cells, paired_cross_auc_difference, rates_at,
+    roc_curve, transfer_table,
 };
 
 use super::jobs::{Ctx, Job};
@@ -75,6 +76,8 @@ pub struct Comparison {
     pub datasets: Vec<String>,
     /// Rows: reals of; columns: fakes of; `None` where undefined.
     pub cells: Vec<Vec<Option<PairedDifference>>>,
+    /// The Cross-AUC's difference, if an off-diagonal cell is defined.
+    pub cross_auc: Option<PairedDifference>,
 }
 
 /// Reads `path` and compares it with `first` (on a worker thread).
@@ -94,6 +97,8 @@ pub fn compare_with(
     let resamples = (CI_DRAW_BUDGET / (2 * n * paired.datasets.len()).max(1))
         .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES);
     let cells = paired_cells(&paired, resamples, CI_LEVEL, CI_SEED);
+    let cross_auc = paired_cross_auc_difference(&paired, resamples, CI_LEVEL, CI_SEED)
+        .map_err(|e| format!("cannot compare with {}: {e}", path.display()))?;
     Ok(Comparison {
         second: path.display().to_string(),
         paired: n,
@@ -101,6 +106,7 @@ pub fn compare_with(
         only_second: paired.only_second,
         datasets: paired.datasets,
         cells,
+        cross_auc,
     })
 }
 
@@ -650,6 +656,15 @@ impl DatasetsView {
             )
             .weak(),
         );
+        if let Some(d) = &c.cross_auc {
+            ui.label(
+                RichText::new(format!(
+                    "Cross-AUC (mean off-diagonal): {:.4} here, {:.4} there: {:+.4} (95% paired interval {:+.4} .. {:+.4})",
+                    d.auc_first, d.auc_second, d.difference, d.low, d.high
+                ))
+                .color(difference_color(d)),
+            );
+        }
         egui::Grid::new("comparison").show(ui, |ui| {
             matrix_header(ui, &c.datasets);
             for (i, row) in c.cells.iter().enumerate() {

@@ -109,6 +109,7 @@ fn a_second_table_is_compared_cell_by_cell_and_bad_ones_are_reported() {
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     h.get_by_label_contains("its AUC minus this table's, on the 11 faces both scored");
     h.get_by_label_contains("(1 only in this table, 0 only in that one)");
+    h.get_by_label_contains("Cross-AUC (mean off-diagonal): 0.5208 here, 0.6042 there: +0.0833");
     let c = h.state().datasets.comparison.as_ref().unwrap();
     let a = c.cells[0][0].unwrap();
     assert!((a.difference - 1.0 / 9.0).abs() < 1e-12);

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{CellAlignment, Table, presets};
 use serde_json::json;
 use sfam_studio::data::scores::read_scores;
-use sfam_studio::metrics::{PairedDifference, PairedTables, paired_cells};
+use sfam_studio::metrics::{
+    PairedDifference, PairedTables, paired_cells, paired_cross_auc_difference,
+};
 
 use super::emit;
 
@@ -68,8 +70,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         )
     })?;
     let cells = paired_cells(&paired, args.bootstrap, args.level, args.seed);
+    let cross = paired_cross_auc_difference(&paired, args.bootstrap, args.level, args.seed)
+        .with_context(|| format!("cannot compare {}", args.first.display()))?;
     let text = match args.format {
-        CompareFormat::Table => table(&paired, &cells, args),
+        CompareFormat::Table => table(&paired, &cells, cross.as_ref(), args),
         CompareFormat::Json => {
             let mut s = serde_json::to_string_pretty(&json!({
                 "first": args.first.display().to_string(),
@@ -82,6 +86,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 "resamples": args.bootstrap,
                 "seed": args.seed,
                 "cells": cells,
+                "cross_auc": cross,
             }))?;
             s.push('\n');
             s
@@ -95,7 +100,12 @@ fn signed(x: f64) -> String {
     format!("{x:+.4}")
 }
 
-fn table(t: &PairedTables, cells: &[Vec<Option<PairedDifference>>], args: &Args) -> String {
+fn table(
+    t: &PairedTables,
+    cells: &[Vec<Option<PairedDifference>>],
+    cross: Option<&PairedDifference>,
+    args: &Args,
+) -> String {
     let mut out = String::new();
     let n = t.len();
     let _ = writeln!(
@@ -177,7 +187,24 @@ fn table(t: &PairedTables, cells: &[Vec<Option<PairedDifference>>], args: &Args)
         table.add_row(cells);
     }
     right_align(&mut table, 1);
-    let _ = writeln!(out, "{table}");
+    let _ = writeln!(out, "{table}\n");
+    match cross {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "Cross-AUC (mean of the off-diagonal cells, every cell on the same resampled faces): first {:.4}, second {:.4}, second - first {} [{} .. {}], not better in {:.3} of resamples",
+                d.auc_first,
+                d.auc_second,
+                signed(d.difference),
+                signed(d.low),
+                signed(d.high),
+                d.share_not_better
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Cross-AUC: no off-diagonal cell is defined");
+        }
+    }
     out
 }
 

@@ -24,7 +24,10 @@ pub use bootstrap::{AucInterval, bootstrap_auc};
 pub use calibration::{Calibration, ReliabilityBin, calibration};
 pub use cross_auc::{Cell, CrossAuc, CrossAucSummary, DomainScores, PairMean, WorstCell};
 pub use export::{evaluation_json, matrix_csv};
-pub use paired::{PairError, PairedDifference, PairedTables, paired_auc_difference, paired_cells};
+pub use paired::{
+    PairError, PairedDifference, PairedTables, paired_auc_difference, paired_cells,
+    paired_cross_auc_difference,
+};
 pub use report::{
     DatasetReport, Evaluation, EvaluationOptions, TransferCell, group_by_dataset, transfer_table,
 };

@@ -237,36 +237,110 @@ pub fn paired_auc_difference(
     let (mut cr, mut cf) = (vec![0u32; real.len()], vec![0u32; fake.len()]);
     let (mut wr1, mut wr2) = (vec![0u32; real.len()], vec![0u32; real.len()]);
     let (mut wf1, mut wf2) = (vec![0u32; fake.len()], vec![0u32; fake.len()]);
-    let mut not_better = 0usize;
-    let mut diffs: Vec<f64> = (0..resamples)
+    let diffs: Vec<f64> = (0..resamples)
         .map(|_| {
             resample_counts(&mut rng, real.len(), &mut cr);
             resample_counts(&mut rng, fake.len(), &mut cf);
             r.weights(&cr, &mut wr1, &mut wr2);
             f.weights(&cf, &mut wf1, &mut wf2);
-            let d = weighted_auc(&r.second, &wr2, &f.second, &wf2)
-                - weighted_auc(&r.first, &wr1, &f.first, &wf1);
-            if d <= 0.0 {
-                not_better += 1;
-            }
-            d
+            weighted_auc(&r.second, &wr2, &f.second, &wf2)
+                - weighted_auc(&r.first, &wr1, &f.first, &wf1)
         })
         .collect();
+    Ok(summarise((auc_first, auc_second), diffs, level, seed))
+}
+
+/// The Cross-AUC — the mean of the defined off-diagonal cells — of both
+/// detectors, its difference (second − first) and a paired bootstrap
+/// interval: each resample draws every dataset's real and fake faces anew
+/// (stratified per dataset and class), and every cell of both detectors is
+/// computed on that one draw. `None` when no off-diagonal cell is defined
+/// (fewer than two datasets, or no dataset with reals beside one with
+/// fakes).
+///
+/// # Errors
+/// [`Undefined`] for a NaN score, zero `resamples`, or a `level` outside
+/// `(0, 1)`.
+pub fn paired_cross_auc_difference(
+    t: &PairedTables,
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Result<Option<PairedDifference>, Undefined> {
+    check_arguments(resamples, level)?;
+    let n_sets = t.datasets.len();
+    let cells: Vec<(usize, usize)> = (0..n_sets)
+        .flat_map(|i| (0..n_sets).map(move |j| (i, j)))
+        .filter(|&(i, j)| i != j && !t.real[i].is_empty() && !t.fake[j].is_empty())
+        .collect();
+    if cells.is_empty() {
+        return Ok(None);
+    }
+    for pair in t.real.iter().chain(&t.fake).flatten() {
+        if pair.0.is_nan() || pair.1.is_nan() {
+            return Err(Undefined::NaN);
+        }
+    }
+    let real: Vec<Sorted> = t.real.iter().map(|v| Sorted::new(v)).collect();
+    let fake: Vec<Sorted> = t.fake.iter().map(|v| Sorted::new(v)).collect();
+    // Per dataset and class: resample counts, laid out in each detector's order.
+    let ones = |v: &[(f64, f64)]| vec![1u32; v.len()];
+    let mean_of = |wr: &[(Vec<u32>, Vec<u32>)], wf: &[(Vec<u32>, Vec<u32>)]| {
+        let (mut a, mut b) = (0.0, 0.0);
+        for &(i, j) in &cells {
+            a += weighted_auc(&real[i].first, &wr[i].0, &fake[j].first, &wf[j].0);
+            b += weighted_auc(&real[i].second, &wr[i].1, &fake[j].second, &wf[j].1);
+        }
+        #[allow(clippy::cast_precision_loss)] // a handful of cells
+        let n = cells.len() as f64;
+        (a / n, b / n)
+    };
+    let unit = |v: &[Vec<(f64, f64)>]| -> Vec<(Vec<u32>, Vec<u32>)> {
+        v.iter().map(|x| (ones(x), ones(x))).collect()
+    };
+    let (mut wr, mut wf) = (unit(&t.real), unit(&t.fake));
+    let (auc_first, auc_second) = mean_of(&wr, &wf);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut counts = Vec::new();
+    let diffs: Vec<f64> = (0..resamples)
+        .map(|_| {
+            for (k, w) in wr.iter_mut().enumerate() {
+                counts.resize(t.real[k].len(), 0);
+                resample_counts(&mut rng, t.real[k].len(), &mut counts);
+                real[k].weights(&counts, &mut w.0, &mut w.1);
+            }
+            for (k, w) in wf.iter_mut().enumerate() {
+                counts.resize(t.fake[k].len(), 0);
+                resample_counts(&mut rng, t.fake[k].len(), &mut counts);
+                fake[k].weights(&counts, &mut w.0, &mut w.1);
+            }
+            let (a, b) = mean_of(&wr, &wf);
+            b - a
+        })
+        .collect();
+    Ok(Some(summarise((auc_first, auc_second), diffs, level, seed)))
+}
+
+/// The difference of two AUCs (`aucs`: first, second) with the percentile
+/// interval and the share of non-positive values of its bootstrap
+/// replicates `diffs` (one per resample).
+fn summarise(aucs: (f64, f64), mut diffs: Vec<f64>, level: f64, seed: u64) -> PairedDifference {
+    let not_better = diffs.iter().filter(|&&d| d <= 0.0).count();
     diffs.sort_unstable_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
     #[allow(clippy::cast_precision_loss)] // counts are far below 2^53
-    let share_not_better = not_better as f64 / resamples as f64;
-    Ok(PairedDifference {
-        auc_first,
-        auc_second,
-        difference: auc_second - auc_first,
+    let share_not_better = not_better as f64 / diffs.len() as f64;
+    PairedDifference {
+        auc_first: aucs.0,
+        auc_second: aucs.1,
+        difference: aucs.1 - aucs.0,
         low: quantile(&diffs, alpha),
         high: quantile(&diffs, 1.0 - alpha),
         share_not_better,
         level,
-        resamples,
+        resamples: diffs.len(),
         seed,
-    })
+    }
 }
 
 /// Every Cross-AUC cell's paired difference (rows: reals of; columns:
@@ -444,6 +518,50 @@ mod tests {
             (d.difference, d.low, d.high, d.share_not_better),
             (0.0, 0.0, 0.0, 1.0)
         );
+    }
+
+    #[test]
+    fn cross_auc_difference_is_the_mean_of_the_off_diagonal_cells() {
+        let (r0, f0) = faces(60, 0.1);
+        let (r1, f1) = faces(40, -0.05);
+        let t = PairedTables {
+            datasets: vec!["a".into(), "b".into(), "gen".into()],
+            real: vec![r0, r1, Vec::new()],
+            fake: vec![f0, f1.clone(), f1],
+            only_first: 0,
+            only_second: 0,
+        };
+        let d = paired_cross_auc_difference(&t, 300, 0.95, 5)
+            .unwrap()
+            .unwrap();
+        let cells = paired_cells(&t, 10, 0.95, 0);
+        // Off-diagonal and defined: (a, b), (a, gen), (b, a), (b, gen).
+        let off = [(0, 1), (0, 2), (1, 0), (1, 2)];
+        let mean = |pick: fn(&PairedDifference) -> f64| {
+            off.iter()
+                .map(|&(i, j)| pick(&cells[i][j].unwrap()))
+                .sum::<f64>()
+                / 4.0
+        };
+        assert!((d.auc_first - mean(|c| c.auc_first)).abs() < 1e-12);
+        assert!((d.auc_second - mean(|c| c.auc_second)).abs() < 1e-12);
+        assert!(d.low <= d.difference && d.difference <= d.high && d.low < d.high);
+        assert_eq!(
+            d,
+            paired_cross_auc_difference(&t, 300, 0.95, 5)
+                .unwrap()
+                .unwrap()
+        );
+        // One dataset: no off-diagonal cell.
+        let one = PairedTables {
+            datasets: vec!["a".into()],
+            real: vec![t.real[0].clone()],
+            fake: vec![t.fake[0].clone()],
+            only_first: 0,
+            only_second: 0,
+        };
+        assert_eq!(paired_cross_auc_difference(&one, 10, 0.95, 0), Ok(None));
+        assert!(paired_cross_auc_difference(&t, 0, 0.95, 0).is_err());
     }
 
     #[test]
