@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use comfy_table::{CellAlignment, Table, presets};
 use serde_json::json;
 use sfam_studio::data::scores::read_scores;
 use sfam_studio::metrics::{
     PairedDifference, PairedTables, paired_cells, paired_cross_auc_difference,
 };
 
-use super::emit;
+use super::{align_numbers, emit, new_table};
 
 /// Output formats of `sfam compare`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,8 +121,7 @@ fn table(
         "Per dataset (its real faces against its fake faces): AUC of each, second - first, its {pct:.0}% paired bootstrap interval ({} resamples, seed {}), and the share of resamples in which the second is not better\n",
         args.bootstrap, args.seed
     );
-    let mut table = Table::new();
-    table.load_preset(presets::ASCII_MARKDOWN).set_header(vec![
+    let mut table = new_table(vec![
         "dataset".to_owned(),
         "real".to_owned(),
         "fake".to_owned(),
@@ -157,7 +155,7 @@ fn table(
         }
         table.add_row(row);
     }
-    right_align(&mut table, 1);
+    align_numbers(&mut table, 1);
     let _ = writeln!(out, "{table}\n");
     let _ = writeln!(
         out,
@@ -165,10 +163,7 @@ fn table(
     );
     let mut header = vec!["real \\ fake".to_owned()];
     header.extend(t.datasets.iter().cloned());
-    let mut table = Table::new();
-    table
-        .load_preset(presets::ASCII_MARKDOWN)
-        .set_header(header);
+    let mut table = new_table(header);
     for (name, row) in t.datasets.iter().zip(cells) {
         let mut cells = vec![name.clone()];
         cells.extend(row.iter().map(|c| {
@@ -186,7 +181,7 @@ fn table(
         }));
         table.add_row(cells);
     }
-    right_align(&mut table, 1);
+    align_numbers(&mut table, 1);
     let _ = writeln!(out, "{table}\n");
     match cross {
         Some(d) => {
@@ -206,12 +201,4 @@ fn table(
         }
     }
     out
-}
-
-fn right_align(t: &mut Table, from: usize) {
-    for i in from..t.column_count() {
-        if let Some(col) = t.column_mut(i) {
-            col.set_cell_alignment(CellAlignment::Right);
-        }
-    }
 }

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use comfy_table::{CellAlignment, Table, presets};
 use sfam_studio::data::scores::read_scores;
 use sfam_studio::metrics::{
     Evaluation, EvaluationOptions, ThresholdRule, VideoAgg, evaluation_json, matrix_csv,
 };
 
-use super::{Format, emit, fmt_opt};
+use super::{Format, align_numbers, emit, fmt_opt, new_table};
 
 /// Arguments of `sfam cross-auc`.
 #[derive(Debug, clap::Args)]
@@ -105,21 +104,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
     emit(&text, args.out.as_deref())?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn new_table(header: Vec<String>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(presets::ASCII_MARKDOWN).set_header(header);
-    t
-}
-
-fn align_numbers(t: &mut Table, from: usize) {
-    let n = t.column_count();
-    for i in from..n {
-        if let Some(col) = t.column_mut(i) {
-            col.set_cell_alignment(CellAlignment::Right);
-        }
-    }
 }
 
 #[allow(clippy::too_many_lines)] // one linear report

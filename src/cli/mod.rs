@@ -166,6 +166,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A Markdown-style table with this header (the table-producing commands').
+fn new_table(header: Vec<String>) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::ASCII_MARKDOWN)
+        .set_header(header);
+    t
+}
+
+/// Right-aligns the columns from `from` on (numbers).
+fn align_numbers(t: &mut comfy_table::Table, from: usize) {
+    for i in from..t.column_count() {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+}
+
 /// Writes `text` to `out` atomically, or to stdout when `out` is `None`.
 fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
     use anyhow::Context;
