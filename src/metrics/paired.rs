@@ -179,10 +179,18 @@ struct Sorted {
     first_face: Vec<usize>,
     second: Vec<f64>,
     second_face: Vec<usize>,
+    /// Each detector's scores, for the AUCs themselves.
+    first_scores: SortedScores,
+    second_scores: SortedScores,
 }
 
 impl Sorted {
-    fn new(pairs: &[(f64, f64)]) -> Self {
+    /// # Errors
+    /// [`Undefined::NaN`] if a score is NaN.
+    fn new(pairs: &[(f64, f64)]) -> Result<Self, Undefined> {
+        let scores =
+            |pick: fn(&(f64, f64)) -> f64| SortedScores::new(pairs.iter().map(pick).collect());
+        let (first_scores, second_scores) = (scores(|p| p.0)?, scores(|p| p.1)?);
         let by = |key: fn(&(f64, f64)) -> f64| {
             let mut order: Vec<usize> = (0..pairs.len()).collect();
             order.sort_by(|&i, &j| key(&pairs[i]).total_cmp(&key(&pairs[j])));
@@ -191,12 +199,14 @@ impl Sorted {
         };
         let (first, first_face) = by(|p| p.0);
         let (second, second_face) = by(|p| p.1);
-        Self {
+        Ok(Self {
             first,
             first_face,
             second,
             second_face,
-        }
+            first_scores,
+            second_scores,
+        })
     }
 
     /// Resample counts per face, laid out in each detector's order.
@@ -226,21 +236,35 @@ pub fn paired_auc_difference(
     level: f64,
     seed: u64,
 ) -> Result<PairedDifference, Undefined> {
-    let scores = |pick: fn(&(f64, f64)) -> f64, v: &[(f64, f64)]| {
-        SortedScores::new(v.iter().map(pick).collect())
-    };
-    let auc_first = auc_sorted(&scores(|p| p.0, real)?, &scores(|p| p.0, fake)?)?;
-    let auc_second = auc_sorted(&scores(|p| p.1, real)?, &scores(|p| p.1, fake)?)?;
+    sorted_difference(
+        &Sorted::new(real)?,
+        &Sorted::new(fake)?,
+        resamples,
+        level,
+        seed,
+    )
+}
+
+/// [`paired_auc_difference`] of classes already sorted.
+fn sorted_difference(
+    r: &Sorted,
+    f: &Sorted,
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Result<PairedDifference, Undefined> {
+    let auc_first = auc_sorted(&r.first_scores, &f.first_scores)?;
+    let auc_second = auc_sorted(&r.second_scores, &f.second_scores)?;
     check_arguments(resamples, level)?;
-    let (r, f) = (Sorted::new(real), Sorted::new(fake));
+    let (nr, nf) = (r.first.len(), f.first.len());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (mut cr, mut cf) = (vec![0u32; real.len()], vec![0u32; fake.len()]);
-    let (mut wr1, mut wr2) = (vec![0u32; real.len()], vec![0u32; real.len()]);
-    let (mut wf1, mut wf2) = (vec![0u32; fake.len()], vec![0u32; fake.len()]);
+    let (mut cr, mut cf) = (vec![0u32; nr], vec![0u32; nf]);
+    let (mut wr1, mut wr2) = (vec![0u32; nr], vec![0u32; nr]);
+    let (mut wf1, mut wf2) = (vec![0u32; nf], vec![0u32; nf]);
     let diffs: Vec<f64> = (0..resamples)
         .map(|_| {
-            resample_counts(&mut rng, real.len(), &mut cr);
-            resample_counts(&mut rng, fake.len(), &mut cf);
+            resample_counts(&mut rng, nr, &mut cr);
+            resample_counts(&mut rng, nf, &mut cf);
             r.weights(&cr, &mut wr1, &mut wr2);
             f.weights(&cf, &mut wf1, &mut wf2);
             weighted_auc(&r.second, &wr2, &f.second, &wf2)
@@ -276,13 +300,16 @@ pub fn paired_cross_auc_difference(
     if cells.is_empty() {
         return Ok(None);
     }
-    for pair in t.real.iter().chain(&t.fake).flatten() {
-        if pair.0.is_nan() || pair.1.is_nan() {
-            return Err(Undefined::NaN);
-        }
-    }
-    let real: Vec<Sorted> = t.real.iter().map(|v| Sorted::new(v)).collect();
-    let fake: Vec<Sorted> = t.fake.iter().map(|v| Sorted::new(v)).collect();
+    let real: Vec<Sorted> = t
+        .real
+        .iter()
+        .map(|v| Sorted::new(v))
+        .collect::<Result<_, _>>()?;
+    let fake: Vec<Sorted> = t
+        .fake
+        .iter()
+        .map(|v| Sorted::new(v))
+        .collect::<Result<_, _>>()?;
     // Per dataset and class: resample counts, laid out in each detector's order.
     let ones = |v: &[(f64, f64)]| vec![1u32; v.len()];
     let mean_of = |wr: &[(Vec<u32>, Vec<u32>)], wf: &[(Vec<u32>, Vec<u32>)]| {
@@ -344,7 +371,8 @@ fn summarise(aucs: (f64, f64), mut diffs: Vec<f64>, level: f64, seed: u64) -> Pa
 }
 
 /// Every Cross-AUC cell's paired difference (rows: reals of; columns:
-/// fakes of; `None` where the cell is undefined), the cells in parallel.
+/// fakes of; `None` where the cell is undefined), each class sorted once,
+/// the cells in parallel.
 #[must_use]
 pub fn paired_cells(
     t: &PairedTables,
@@ -353,12 +381,17 @@ pub fn paired_cells(
     seed: u64,
 ) -> Vec<Vec<Option<PairedDifference>>> {
     use rayon::prelude::*;
-    t.real
-        .par_iter()
-        .map(|real| {
-            t.fake
-                .par_iter()
-                .map(|fake| paired_auc_difference(real, fake, resamples, level, seed).ok())
+    let sort = |sides: &[Vec<(f64, f64)>]| -> Vec<Option<Sorted>> {
+        sides.par_iter().map(|v| Sorted::new(v).ok()).collect()
+    };
+    let (real, fake) = (sort(&t.real), sort(&t.fake));
+    real.par_iter()
+        .map(|r| {
+            fake.par_iter()
+                .map(|f| match (r, f) {
+                    (Some(r), Some(f)) => sorted_difference(r, f, resamples, level, seed).ok(),
+                    _ => None,
+                })
                 .collect()
         })
         .collect()

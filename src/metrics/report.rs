@@ -187,12 +187,7 @@ fn cell_intervals(
 fn check_options(o: &EvaluationOptions) -> Result<(), Undefined> {
     let bad = |m: String| Err(Undefined::BadArgument(m));
     if let Some((n, level, _)) = o.bootstrap {
-        if n == 0 {
-            return bad("bootstrap needs at least one resample".into());
-        }
-        if !(level > 0.0 && level < 1.0) {
-            return bad(format!("confidence level {level} is not in (0, 1)"));
-        }
+        super::bootstrap::check_arguments(n, level)?;
     }
     if o.calibration_bins == Some(0) {
         return bad("calibration needs at least one bin".into());
