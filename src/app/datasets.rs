@@ -84,7 +84,7 @@ pub struct Comparison {
 ///
 /// # Errors
 /// A message naming the file when it cannot be read or paired.
-pub fn compare_with(
+pub fn compare_tables(
     first: &[ScoreRecord],
     path: &Path,
     ctx: &Ctx<Result<Comparison, String>>,
@@ -94,8 +94,8 @@ pub fn compare_with(
         .map_err(|e| format!("cannot compare with {}: {e}", path.display()))?;
     ctx.progress(0.5, "bootstrapping every cell's difference".to_owned());
     let n = paired.len();
-    let resamples = (CI_DRAW_BUDGET / (2 * n * paired.datasets.len()).max(1))
-        .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES);
+    // Both detectors' scores of every face, in every column of cells.
+    let resamples = resamples_within_budget(2 * n * paired.datasets.len());
     let cells = paired_cells(&paired, resamples, CI_LEVEL, CI_SEED);
     let cross_auc = paired_cross_auc_difference(&paired, resamples, CI_LEVEL, CI_SEED)
         .map_err(|e| format!("cannot compare with {}: {e}", path.display()))?;
@@ -116,8 +116,12 @@ pub fn compare_with(
 fn ci_resamples(records: &[ScoreRecord]) -> usize {
     let datasets: std::collections::HashSet<&str> =
         records.iter().map(|r| r.dataset.as_str()).collect();
-    (CI_DRAW_BUDGET / (records.len() * datasets.len()).max(1))
-        .clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
+    resamples_within_budget(records.len() * datasets.len())
+}
+
+/// Resamples for intervals that draw `draws` scores per resample in all.
+fn resamples_within_budget(draws: usize) -> usize {
+    (CI_DRAW_BUDGET / draws.max(1)).clamp(CI_MIN_RESAMPLES, CI_MAX_RESAMPLES)
 }
 
 /// The result of a job that may fail, once it has finished (the job is
@@ -145,20 +149,11 @@ fn finished<T: Send + 'static>(
     }
 }
 
-/// A running job's row: spinner, progress bar with its title and status,
-/// and a button that cancels it.
+/// A running job's row, whose button cancels it.
 fn job_row<T: Send + 'static>(ui: &mut Ui, job: &Job<T>, cancel: &str) {
-    ui.horizontal(|ui| {
-        ui.spinner();
-        ui.add(
-            egui::ProgressBar::new(job.progress.0)
-                .desired_width((ui.available_width() - 100.0).max(120.0))
-                .text(format!("{}: {}", job.title, job.progress.1)),
-        );
-        if ui.button(cancel).clicked() {
-            job.cancel();
-        }
-    });
+    if job.progress_row(ui, cancel, 100.0) {
+        job.cancel();
+    }
 }
 
 /// The header row of a matrix grid: the corner, then the columns' names.
@@ -436,7 +431,7 @@ impl DatasetsView {
         let first = Arc::clone(&loaded.records);
         let title = format!("comparing with {}", path.display());
         self.compare_job = Some(Job::spawn("compare", title, repaint, move |ctx| {
-            compare_with(&first, &path, ctx)
+            compare_tables(&first, &path, ctx)
         })?);
         Ok(())
     }

@@ -1199,15 +1199,7 @@ impl InspectView {
         let mut cancel_model = false;
         let mut cancel_batch = false;
         if let ModelState::Loading(_, job) = &self.model {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.add(
-                    egui::ProgressBar::new(job.progress.0)
-                        .desired_width((ui.available_width() - 160.0).max(120.0))
-                        .text(format!("{}: {}", job.title, job.progress.1)),
-                );
-                cancel_model = ui.button("Cancel").clicked();
-            });
+            cancel_model = job.progress_row(ui, "Cancel", 160.0);
         }
         if let Some(job) = &self.list_job {
             ui.horizontal(|ui| {
@@ -1216,15 +1208,7 @@ impl InspectView {
             });
         }
         if let Some(b) = &self.batch {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.add(
-                    egui::ProgressBar::new(b.job.progress.0)
-                        .desired_width((ui.available_width() - 160.0).max(120.0))
-                        .text(format!("{}: {}", b.job.title, b.job.progress.1)),
-                );
-                cancel_batch = ui.button("Cancel inspection").clicked();
-            });
+            cancel_batch = b.job.progress_row(ui, "Cancel inspection", 160.0);
         }
         if let Some(job) = &self.prompt_job {
             ui.horizontal(|ui| {

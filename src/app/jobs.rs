@@ -90,6 +90,22 @@ impl<T: Send + 'static> Job<T> {
         })
     }
 
+    /// Draws the job's row — spinner, a progress bar with its title and
+    /// status (`reserve` points left beside it), a `cancel` button — and
+    /// says whether that button was clicked.
+    pub fn progress_row(&self, ui: &mut egui::Ui, cancel: &str, reserve: f32) -> bool {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.add(
+                egui::ProgressBar::new(self.progress.0)
+                    .desired_width((ui.available_width() - reserve).max(120.0))
+                    .text(format!("{}: {}", self.title, self.progress.1)),
+            );
+            ui.button(cancel).clicked()
+        })
+        .inner
+    }
+
     /// Asks the worker to stop at its next check.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
