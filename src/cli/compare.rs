@@ -12,7 +12,7 @@ use sfam_studio::metrics::{
     PairedDifference, PairedTables, paired_cells, paired_cross_auc_difference,
 };
 
-use super::{align_numbers, emit, new_table};
+use super::{align_numbers, emit, matrix_table, new_table};
 
 /// Output formats of `sfam compare`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -161,27 +161,19 @@ fn table(
         out,
         "Cross-AUC cells, second - first [{pct:.0}% interval] (rows: real faces of; columns: fake faces of)\n"
     );
-    let mut header = vec!["real \\ fake".to_owned()];
-    header.extend(t.datasets.iter().cloned());
-    let mut table = new_table(header);
-    for (name, row) in t.datasets.iter().zip(cells) {
-        let mut cells = vec![name.clone()];
-        cells.extend(row.iter().map(|c| {
-            c.map_or_else(
-                || "-".to_owned(),
-                |d| {
-                    format!(
-                        "{} [{} .. {}]",
-                        signed(d.difference),
-                        signed(d.low),
-                        signed(d.high)
-                    )
-                },
-            )
-        }));
-        table.add_row(cells);
-    }
-    align_numbers(&mut table, 1);
+    let table = matrix_table(&t.datasets, cells, |c| {
+        c.map_or_else(
+            || "-".to_owned(),
+            |d| {
+                format!(
+                    "{} [{} .. {}]",
+                    signed(d.difference),
+                    signed(d.low),
+                    signed(d.high)
+                )
+            },
+        )
+    });
     let _ = writeln!(out, "{table}\n");
     match cross {
         Some(d) => {

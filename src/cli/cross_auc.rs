@@ -11,7 +11,7 @@ use sfam_studio::metrics::{
     Evaluation, EvaluationOptions, ThresholdRule, VideoAgg, evaluation_json, matrix_csv,
 };
 
-use super::{Format, align_numbers, emit, fmt_opt, new_table};
+use super::{Format, align_numbers, emit, fmt_opt, matrix_table, new_table};
 
 /// Arguments of `sfam cross-auc`.
 #[derive(Debug, clap::Args)]
@@ -131,15 +131,7 @@ fn table(eval: &Evaluation, args: &Args) -> String {
         out,
         "Cross-AUC matrix (rows: real faces of; columns: fake faces of)\n"
     );
-    let mut header = vec!["real \\ fake".to_owned()];
-    header.extend(c.datasets.iter().cloned());
-    let mut t = new_table(header);
-    for (name, row) in c.datasets.iter().zip(&c.matrix) {
-        let mut cells = vec![name.clone()];
-        cells.extend(row.iter().map(|cell| fmt_opt(cell.value())));
-        t.add_row(cells);
-    }
-    align_numbers(&mut t, 1);
+    let t = matrix_table(&c.datasets, &c.matrix, |cell| fmt_opt(cell.value()));
     let _ = writeln!(out, "{t}\n");
     if !eval.cross_auc_ci.is_empty() {
         let _ = writeln!(
@@ -149,20 +141,12 @@ fn table(eval: &Evaluation, args: &Args) -> String {
             args.bootstrap,
             args.seed
         );
-        let mut header = vec!["real \\ fake".to_owned()];
-        header.extend(c.datasets.iter().cloned());
-        let mut t = new_table(header);
-        for (name, row) in c.datasets.iter().zip(&eval.cross_auc_ci) {
-            let mut cells = vec![name.clone()];
-            cells.extend(row.iter().map(|ci| {
-                ci.map_or_else(
-                    || "-".to_owned(),
-                    |ci| format!("{:.4} - {:.4}", ci.low, ci.high),
-                )
-            }));
-            t.add_row(cells);
-        }
-        align_numbers(&mut t, 1);
+        let t = matrix_table(&c.datasets, &eval.cross_auc_ci, |ci| {
+            ci.map_or_else(
+                || "-".to_owned(),
+                |ci| format!("{:.4} - {:.4}", ci.low, ci.high),
+            )
+        });
         let _ = writeln!(out, "{t}\n");
     }
 

@@ -174,6 +174,25 @@ fn new_table(header: Vec<String>) -> comfy_table::Table {
     t
 }
 
+/// A dataset × dataset matrix as a table (rows: real faces of; columns:
+/// fake faces of), each cell written by `cell`, numbers right-aligned.
+fn matrix_table<C>(
+    names: &[String],
+    rows: &[Vec<C>],
+    cell: impl Fn(&C) -> String,
+) -> comfy_table::Table {
+    let mut header = vec!["real \\ fake".to_owned()];
+    header.extend(names.iter().cloned());
+    let mut t = new_table(header);
+    for (name, row) in names.iter().zip(rows) {
+        let mut cells = vec![name.clone()];
+        cells.extend(row.iter().map(&cell));
+        t.add_row(cells);
+    }
+    align_numbers(&mut t, 1);
+    t
+}
+
 /// Right-aligns the columns from `from` on (numbers).
 fn align_numbers(t: &mut comfy_table::Table, from: usize) {
     for i in from..t.column_count() {
