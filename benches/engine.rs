@@ -53,7 +53,7 @@ fn sample_items() -> Vec<Item> {
         .map(|path| Item {
             path,
             dataset: "samples".into(),
-            label: Label::Real,
+            label: None,
             video: None,
         })
         .collect()
@@ -69,7 +69,7 @@ fn shared_items(name: &str, n: usize) -> Option<Vec<Item>> {
     let found = discover(&[dir], &DiscoverOptions::default());
     let all = Item::from_discovery(&found);
     let (real, fake): (Vec<Item>, Vec<Item>) =
-        all.into_iter().partition(|i| i.label == Label::Real);
+        all.into_iter().partition(|i| i.label == Some(Label::Real));
     let mut out = Vec::with_capacity(n);
     for (r, f) in real.into_iter().zip(fake) {
         out.push(r);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sfam_studio::data::Label;
 use sfam_studio::data::datasets::{
-    Dataset, DatasetItem, DiscoverOptions, Discovery, DiscoveryError, discover,
+    Dataset, DatasetItem, DiscoverOptions, Discovery, DiscoveryError, discover, find_images,
 };
 
 fn fixtures() -> PathBuf {
@@ -521,5 +521,67 @@ fn the_shared_data_has_three_domains() -> Result<()> {
         assert_eq!(dataset.items.len(), real + fake, "{name}");
         assert!(dataset.items.iter().all(|i| i.video.is_none()), "{name}");
     }
+    Ok(())
+}
+
+/// An analyst's photos: files as given, folders walked like label folders,
+/// every input's problem named and the other inputs still searched.
+#[test]
+fn unlabelled_photos_and_folders_are_listed_with_their_problems() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("photos");
+    fs::create_dir_all(dir.join("b/.hidden"))?;
+    for f in [
+        "z.jpg",
+        "a.PNG",
+        "b/c.webp",
+        "notes.txt",
+        ".DS_Store",
+        "._a.jpg",
+        "b/.hidden/d.jpg",
+    ] {
+        fs::write(dir.join(f), b"x")?;
+    }
+    let named = tmp.path().join("named.dat");
+    fs::write(&named, b"x")?;
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty)?;
+    let missing = tmp.path().join("missing.jpg");
+
+    let found = find_images(&[
+        named.clone(),
+        dir.clone(),
+        missing.clone(),
+        empty.clone(),
+        dir.join("z.jpg"),
+    ]);
+    assert_eq!(
+        found.images,
+        vec![
+            named,
+            dir.join("a.PNG"),
+            dir.join("b/c.webp"),
+            dir.join("z.jpg"),
+        ],
+        "a file named twice is listed once"
+    );
+    let mut skipped = found.skipped.clone();
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        vec![
+            dir.join(".DS_Store"),
+            dir.join("._a.jpg"),
+            dir.join("b/.hidden"),
+            dir.join("notes.txt"),
+        ]
+    );
+    assert_eq!(
+        found.errors,
+        vec![
+            DiscoveryError::NotFound { path: missing },
+            DiscoveryError::NoItems { path: empty },
+        ]
+    );
     Ok(())
 }

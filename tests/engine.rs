@@ -115,7 +115,7 @@ fn scores_match_the_model_on_the_aligned_face() {
     for (item, record) in items.iter().zip(&report.records) {
         assert_eq!(record.path, item.path.display().to_string());
         assert_eq!(record.dataset, item.dataset);
-        assert_eq!(record.label, item.label);
+        assert_eq!(Some(record.label), item.label);
         let faces = detector.faces_in_image(&item.path, FaceOptions { tight_crops: true });
         let aligned = &faces.aligned[0];
         let px = model.pixels(std::slice::from_ref(&aligned.image)).unwrap();
@@ -163,6 +163,40 @@ fn batch_size_and_workers_do_not_change_scores() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
+}
+
+/// Photos without a label (an analyst's) are scored like the others —
+/// the same scores — but get no score-table record.
+#[test]
+fn unlabelled_photos_are_scored_without_records() {
+    let dir = tree();
+    let labelled = items(dir.path());
+    let unlabelled: Vec<Item> = labelled
+        .iter()
+        .map(|i| Item {
+            label: None,
+            dataset: String::new(),
+            ..i.clone()
+        })
+        .collect();
+    let engine = engine(EngineOptions::default());
+    let with = run(&engine, &labelled, None).0;
+    let mut seen = Vec::new();
+    let report = engine
+        .score(&unlabelled, None, &AtomicBool::new(false), |e| {
+            if let Event::Image {
+                outcome: Outcome::Scored { score, .. },
+                ..
+            } = e
+            {
+                seen.push(f64::from(score.score));
+            }
+        })
+        .unwrap();
+    assert!(report.records.is_empty());
+    assert!(report.errors.is_empty());
+    assert_eq!(report.progress.computed, unlabelled.len());
+    assert_eq!(seen, scores(&with));
 }
 
 #[test]

@@ -17,8 +17,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use candle_core::{Device, Tensor};
 use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Ui};
 use image::RgbImage;
+use sfam_studio::data::datasets::find_images;
 use sfam_studio::data::image::load_rgb;
-use sfam_studio::data::is_image_path;
 use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
 use sfam_studio::model::clip::{ClipModel, Towers};
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
@@ -444,23 +444,21 @@ fn typed_map(m: &LoadedModel, aligned: &AlignedFace, text: &str) -> Result<Vec<f
         .ok_or_else(|| "the model returned no heatmap".to_owned())
 }
 
-/// Image files of a folder and its subfolders, sorted (runs on a worker).
+/// Image files of a folder and its subfolders, sorted (runs on a worker):
+/// `find_images`'s walk. An unreadable subfolder does not stop it; a
+/// folder without any image is an error naming it (with what went wrong
+/// on the way).
 fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut found = Vec::new();
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        let entry =
-            entry.map_err(|e| format!("cannot list the folder ({e}): {}", dir.display()))?;
-        if entry.file_type().is_file() && is_image_path(entry.path()) {
-            found.push(entry.into_path());
-        }
+    let found = find_images(std::slice::from_ref(&dir.to_path_buf()));
+    if found.images.is_empty() {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(if why.is_empty() {
+            format!("no image files in {}", dir.display())
+        } else {
+            why.join("; ")
+        });
     }
-    if found.is_empty() {
-        return Err(format!("no image files in {}", dir.display()));
-    }
-    Ok(found)
+    Ok(found.images)
 }
 
 fn region_label(name: &str) -> &str {

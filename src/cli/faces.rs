@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use comfy_table::{Table, presets};
 use rayon::prelude::*;
 use serde::Serialize;
-use sfam_studio::data::is_image_path;
 use sfam_studio::face::{FaceDetector, FaceOptions, ImageFaces, ImageFacesError};
 
 use super::emit;
@@ -64,28 +63,6 @@ fn round(v: f32, decimals: i32) -> f64 {
     (f64::from(v) * p).round() / p
 }
 
-/// The images named on the command line: files as given, folders expanded
-/// to their image files (sorted).
-fn expand(inputs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found: Vec<PathBuf> = walkdir::WalkDir::new(input)
-                .follow_links(true)
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_file() && is_image_path(e.path()))
-                .map(walkdir::DirEntry::into_path)
-                .collect();
-            found.sort();
-            out.extend(found);
-        } else {
-            out.push(input.clone());
-        }
-    }
-    out
-}
-
 /// File names for the aligned faces of each image: `<stem>_face<k>.png`,
 /// or `<stem>-<n>_face<k>.png` when two images share a stem.
 fn aligned_stems(paths: &[PathBuf]) -> Vec<String> {
@@ -130,7 +107,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let options = FaceOptions {
         tight_crops: args.tight_crops,
     };
-    let paths = expand(&args.images);
+    let paths = super::photos(&args.images);
     if paths.is_empty() {
         anyhow::bail!("no images found in the given folders");
     }

@@ -16,7 +16,7 @@ use super::emit;
 /// Arguments of `sfam inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images of faces.
+    /// Images of faces, or folders of them (searched recursively).
     #[arg(value_name = "IMG", required = true)]
     pub images: Vec<PathBuf>,
     /// SFAM model folder: `sfam_head.json` + `sfam_head.safetensors` and
@@ -75,11 +75,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let mut model = SfamModel::load(&dir, &device)?;
     model.set_precision(args.precision)?;
     let detector = FaceDetector::load_default()?;
-    let mut faces = Vec::with_capacity(args.images.len());
+    let paths = super::photos(&args.images);
+    let mut faces = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
-    for path in &args.images {
+    for path in &paths {
         if args.aligned {
-            let img = load_rgb(path)?;
+            let img = match load_rgb(path) {
+                Ok(img) => img,
+                Err(e) => {
+                    eprintln!("{e}");
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
             let out = model.inspect_aligned(std::slice::from_ref(&img))?;
             for (i, output) in out.into_iter().enumerate() {
                 faces.push(Face {

@@ -7,6 +7,7 @@ mod datasets;
 mod embed;
 mod faces;
 mod inspect;
+mod scan;
 mod score;
 mod train;
 
@@ -130,6 +131,19 @@ pub enum Command {
     /// (log, summary, FILE.errors.csv) and the run goes on; the exit
     /// status is 0 whenever the run completed.
     Score(score::Args),
+    /// Score every face in photos and folders of photos, without labels:
+    /// an analyst's triage.
+    ///
+    /// The same engine as `sfam score` (faces detected and aligned in
+    /// parallel, batches through the model, a score cache in FILE.cache/),
+    /// but every image is just a photo: up to --max-faces faces each,
+    /// largest first, every one a row of the table with its score, its
+    /// verdict at --threshold, its box and the region that contributed
+    /// most to its logit (the JSON table has the model's full
+    /// explanation). The summary lists the highest-scoring faces. A file
+    /// that cannot be scored is reported (log, summary, FILE.errors.csv)
+    /// and the run goes on.
+    Scan(scan::Args),
 }
 
 /// Output formats of the table-producing commands.
@@ -156,6 +170,7 @@ pub fn main() -> ExitCode {
         Some(Command::Inspect(args)) => inspect::run(&args),
         Some(Command::Train(args)) => train::run(&args),
         Some(Command::Score(args)) => score::run(&args),
+        Some(Command::Scan(args)) => scan::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -218,6 +233,29 @@ fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to standard output"),
     }
+}
+
+/// The photos named on the command line: files as given (one that cannot
+/// be read fails on its own later, named), folders expanded to their image
+/// files (`data::datasets::find_images`: recursive, sorted, hidden and
+/// non-image files passed over), each folder's problems printed as
+/// warnings. A file named twice is kept once.
+fn photos(inputs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for input in inputs {
+        let found = if input.is_dir() {
+            let found = sfam_studio::data::datasets::find_images(std::slice::from_ref(input));
+            for e in &found.errors {
+                eprintln!("warning: {e}");
+            }
+            found.images
+        } else {
+            vec![input.clone()]
+        };
+        out.extend(found.into_iter().filter(|p| seen.insert(p.clone())));
+    }
+    out
 }
 
 /// A number with 4 decimals, or `-` when undefined.

@@ -2,6 +2,7 @@
 //! scoring engine, into a score table that `sfam cross-auc` reads.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use sfam_studio::data::Label;
 use sfam_studio::data::atomic::write_atomic;
 use sfam_studio::data::datasets::{DiscoverOptions, discover};
 use sfam_studio::data::scores::{ScoreFormat, write_scores};
 use sfam_studio::engine::{
-    CACHE_SUFFIX, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress, Report, Source,
+    CACHE_SUFFIX, Cache, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress, Report,
+    Source,
 };
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::model::{DeviceSpec, Precision};
@@ -34,9 +37,28 @@ pub struct Args {
     /// `path,dataset,label,score[,video]`, one row per scored image.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// SFAM model folder (`config.json`, `model.safetensors`,
-    /// `sfam_head.json`, `sfam_head.safetensors`; see docs/MODEL.md).
-    /// Default: the bundled model in `models/default/`. Builds with the
+    /// Faces scored per image, largest first; the table holds the first
+    /// one's score, `--details` shows them all.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_faces: u16,
+    /// Also write FILE.details.jsonl: one JSON object per scored face
+    /// (image, box, landmarks, precropped, region contributions, routing).
+    #[arg(long)]
+    pub details: bool,
+    /// How the model runs.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Only this split of DeepfakeBench JSON files (train, val, test).
+    #[arg(long)]
+    pub split: Option<String>,
+}
+
+/// The scoring engine's options, shared by `sfam score` and `sfam scan`.
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// SFAM model folder (`sfam_head.json`, `sfam_head.safetensors` and
+    /// a backbone: `faceres.safetensors`, or CLIP's `config.json` +
+    /// `model.safetensors`; see docs/MODEL.md). Default: the bundled model in `models/default/`. Builds with the
     /// `hub` feature also take `hf://OWNER/NAME[@REVISION]`.
     #[arg(long, value_name = "DIR")]
     pub model: Option<String>,
@@ -52,26 +74,15 @@ pub struct Args {
     /// Faces per model call.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub batch: u16,
-    /// Faces scored per image, largest first; the table holds the first
-    /// one's score, `--details` shows them all.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_faces: u16,
     /// Threads that read, decode and detect faces (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Also write FILE.details.jsonl: one JSON object per scored face
-    /// (image, box, landmarks, precropped, region contributions, routing).
-    #[arg(long)]
-    pub details: bool,
     /// Score cache folder (default: FILE.cache beside the output).
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
     pub cache: Option<PathBuf>,
     /// Neither read nor write the score cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Only this split of DeepfakeBench JSON files (train, val, test).
-    #[arg(long)]
-    pub split: Option<String>,
 }
 
 /// At most this many per-file errors are listed in the final summary (all
@@ -201,15 +212,16 @@ fn eta(p: &Progress) -> String {
     }
 }
 
-/// The details file being written: a temporary file beside the output,
-/// renamed at the end (so it too appears whole or not at all).
-struct Details {
+/// A file being written: a temporary file beside the output, renamed at
+/// the end (so it appears whole or not at all). The first write error is
+/// kept and reported by [`Streamed::persist`]; later writes are skipped.
+pub(super) struct Streamed {
     tmp: BufWriter<tempfile::NamedTempFile>,
     error: Option<std::io::Error>,
 }
 
-impl Details {
-    fn create(dir: &Path) -> Result<Self> {
+impl Streamed {
+    pub(super) fn create(dir: &Path) -> Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix(".sfam-")
             .suffix(".tmp")
@@ -221,43 +233,20 @@ impl Details {
         })
     }
 
-    fn write(&mut self, item: &Item, outcome: &Outcome) {
-        let Outcome::Scored { score, source } = outcome else {
-            return;
-        };
-        if self.error.is_some() {
-            return;
-        }
-        let path = item.path.display().to_string();
-        for (face, detail) in score.faces.iter().enumerate() {
-            let line = DetailLine {
-                path: path.clone(),
-                dataset: &item.dataset,
-                label: item.label.as_str(),
-                video: item.video.as_deref(),
-                face,
-                faces_found: score.faces_found,
-                faces_scored: score.faces.len(),
-                precropped: score.precropped,
-                size: score.size,
-                source: match source {
-                    Source::Computed => "computed",
-                    Source::Cached => "cached",
-                    Source::Recomputed(_) => "recomputed",
-                },
-                detail,
-            };
-            let result = serde_json::to_writer(&mut self.tmp, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|()| self.tmp.write_all(b"\n"));
-            if let Err(e) = result {
-                self.error = Some(e);
-                return;
-            }
+    /// Writes with `f`, unless an earlier write failed.
+    pub(super) fn write(
+        &mut self,
+        f: impl FnOnce(&mut BufWriter<tempfile::NamedTempFile>) -> std::io::Result<()>,
+    ) {
+        if self.error.is_none()
+            && let Err(e) = f(&mut self.tmp)
+        {
+            self.error = Some(e);
         }
     }
 
-    fn persist(self, path: &Path) -> Result<()> {
+    /// Syncs the file and renames it to `path`.
+    pub(super) fn persist(self, path: &Path) -> Result<()> {
         let context = || format!("cannot write {}", path.display());
         if let Some(e) = self.error {
             return Err(e).with_context(context);
@@ -275,101 +264,179 @@ impl Details {
     }
 }
 
+/// Writes the FILE.details.jsonl lines of one image.
+fn write_details(out: &mut Streamed, item: &Item, outcome: &Outcome) {
+    let Outcome::Scored { score, source } = outcome else {
+        return;
+    };
+    let path = item.path.display().to_string();
+    for (face, detail) in score.faces.iter().enumerate() {
+        let line = DetailLine {
+            path: path.clone(),
+            dataset: &item.dataset,
+            label: item.label.map_or("", Label::as_str),
+            video: item.video.as_deref(),
+            face,
+            faces_found: score.faces_found,
+            faces_scored: score.faces.len(),
+            precropped: score.precropped,
+            size: score.size,
+            source: match source {
+                Source::Computed => "computed",
+                Source::Cached => "cached",
+                Source::Recomputed(_) => "recomputed",
+            },
+            detail,
+        };
+        out.write(|w| {
+            serde_json::to_writer(&mut *w, &line)?;
+            w.write_all(b"\n")
+        });
+    }
+}
+
 /// Runs `sfam score`. Exit status 0 when the run completed, even with
 /// per-file errors; 1 when it could not proceed (no model, no images, an
 /// output that cannot be written, a failing model).
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let format = ScoreFormat::from_path(&args.out).with_context(|| {
-        format!(
-            "the output must end in .csv or .json: {}",
-            args.out.display()
-        )
-    })?;
-    let out_dir = match args.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !out_dir.is_dir() {
-        bail!("the output's folder does not exist: {}", out_dir.display());
-    }
-    let dir = model_dir(args.model.as_deref())?;
+    let (format, out_dir) = output(&args.out)?;
     let (items, datasets) = find_items(args)?;
-
-    let device = args.device.open()?;
-    let options = EngineOptions {
-        batch_size: usize::from(args.batch),
-        max_faces: usize::from(args.max_faces),
-        workers: args.workers.unwrap_or(0),
-        precision: args.precision,
-    };
-    let engine = Engine::load(&dir, &device, options)?;
-    let cache = if args.no_cache {
-        None
-    } else {
-        let root = args
-            .cache
-            .clone()
-            .unwrap_or_else(|| with_suffix(&args.out, CACHE_SUFFIX));
-        Some(engine.open_cache(&root)?)
-    };
+    let scoring = args.engine.open(args.max_faces, &args.out)?;
     eprintln!(
-        "scoring {} images of {} dataset(s) with {} (batch {}, {} workers, device {}, {}){}",
+        "scoring {} images of {} dataset(s) with {}",
         items.len(),
         datasets,
-        dir.display(),
-        options.batch_size,
-        engine.workers(),
-        args.device,
-        engine.model().precision(),
-        cache
-            .as_ref()
-            .map(|c| format!(", cache {}", c.dir().display()))
-            .unwrap_or_default()
+        scoring.describe(&args.engine)
     );
 
     let mut details = if args.details {
-        Some(Details::create(&out_dir)?)
+        Some(Streamed::create(&out_dir)?)
     } else {
         None
     };
-    let mut log = Log::new(items.len());
-    let cancel = AtomicBool::new(false);
-    let result = engine.score(&items, cache.as_ref(), &cancel, |event| match event {
-        Event::Image { item, outcome, .. } => {
-            match outcome {
-                Outcome::Failed(e) => log.line(&format!("error: {e}")),
-                Outcome::Scored {
-                    source: Source::Recomputed(why),
-                    ..
-                } => log.line(&format!("note: corrupt cache entry, scored again ({why})")),
-                Outcome::Scored { .. } => {}
-            }
-            if let Some(d) = details.as_mut() {
-                d.write(item, outcome);
-            }
+    let report = scoring.run(&items, |item, outcome| {
+        if let Some(d) = details.as_mut() {
+            write_details(d, item, outcome);
         }
-        Event::Progress(p) => log.progress(&p),
-    });
-    log.finish();
-    let report = result?;
+    })?;
 
     write_scores(&args.out, &report.records, format)?;
-    let errors_path = with_suffix(&args.out, ".errors.csv");
-    write_errors(&errors_path, &report)?;
+    let errors_path = write_errors(&args.out, &report)?;
     let details_path = with_suffix(&args.out, ".details.jsonl");
     if let Some(d) = details {
         d.persist(&details_path)?;
     }
-    print!(
-        "{}",
-        summary(
-            &report,
-            &args.out,
-            (!report.errors.is_empty()).then_some(errors_path.as_path()),
-            args.details.then_some(details_path.as_path()),
-        )
+    let mut text = summary(&report, "images");
+    let _ = writeln!(
+        text,
+        "wrote {} ({} rows)",
+        args.out.display(),
+        report.records.len()
     );
+    if args.details {
+        let _ = writeln!(text, "wrote {}", details_path.display());
+    }
+    text.push_str(&problems(&report, errors_path.as_deref()));
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The output's format (by its extension) and its folder, which must
+/// exist (checked before any work is done).
+pub(super) fn output(out: &Path) -> Result<(ScoreFormat, PathBuf)> {
+    let format = ScoreFormat::from_path(out)
+        .with_context(|| format!("the output must end in .csv or .json: {}", out.display()))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("the output's folder does not exist: {}", dir.display());
+    }
+    Ok((format, dir))
+}
+
+/// A loaded engine, its cache and the model folder it came from.
+pub(super) struct Scoring {
+    engine: Engine,
+    cache: Option<Cache>,
+    dir: PathBuf,
+}
+
+impl EngineArgs {
+    /// Loads the model into an engine and opens the cache (`--cache`, else
+    /// `OUT.cache`, unless `--no-cache`).
+    pub(super) fn open(&self, max_faces: u16, out: &Path) -> Result<Scoring> {
+        let dir = model_dir(self.model.as_deref())?;
+        let device = self.device.open()?;
+        let options = EngineOptions {
+            batch_size: usize::from(self.batch),
+            max_faces: usize::from(max_faces),
+            workers: self.workers.unwrap_or(0),
+            precision: self.precision,
+        };
+        let engine = Engine::load(&dir, &device, options)?;
+        let cache = if self.no_cache {
+            None
+        } else {
+            let root = self
+                .cache
+                .clone()
+                .unwrap_or_else(|| with_suffix(out, CACHE_SUFFIX));
+            Some(engine.open_cache(&root)?)
+        };
+        Ok(Scoring { engine, cache, dir })
+    }
+}
+
+impl Scoring {
+    /// "MODEL (batch, workers, device, precision, cache)", for the first
+    /// log line.
+    pub(super) fn describe(&self, args: &EngineArgs) -> String {
+        let options = self.engine.options();
+        format!(
+            "{} (batch {}, {} workers, device {}, {}){}",
+            self.dir.display(),
+            options.batch_size,
+            self.engine.workers(),
+            args.device,
+            self.engine.model().precision(),
+            self.cache
+                .as_ref()
+                .map(|c| format!(", cache {}", c.dir().display()))
+                .unwrap_or_default()
+        )
+    }
+
+    /// Scores `items` with a progress bar (or log lines), logging per-file
+    /// errors as they come; `on_image` sees every image's outcome in
+    /// input order.
+    pub(super) fn run(
+        &self,
+        items: &[Item],
+        mut on_image: impl FnMut(&Item, &Outcome),
+    ) -> Result<Report> {
+        let mut log = Log::new(items.len());
+        let cancel = AtomicBool::new(false);
+        let result = self
+            .engine
+            .score(items, self.cache.as_ref(), &cancel, |event| match event {
+                Event::Image { item, outcome, .. } => {
+                    match outcome {
+                        Outcome::Failed(e) => log.line(&format!("error: {e}")),
+                        Outcome::Scored {
+                            source: Source::Recomputed(why),
+                            ..
+                        } => log.line(&format!("note: corrupt cache entry, scored again ({why})")),
+                        Outcome::Scored { .. } => {}
+                    }
+                    on_image(item, outcome);
+                }
+                Event::Progress(p) => log.progress(&p),
+            });
+        log.finish();
+        Ok(result?)
+    }
 }
 
 /// The images under the roots, and the number of datasets; discovery
@@ -397,18 +464,19 @@ fn find_items(args: &Args) -> Result<(Vec<Item>, usize)> {
     Ok((items, found.datasets.len()))
 }
 
-/// Writes FILE.errors.csv (`path,error`) atomically when there are errors;
-/// removes a stale one otherwise.
-fn write_errors(path: &Path, report: &Report) -> Result<()> {
+/// Writes OUT.errors.csv (`path,error`) atomically when there are
+/// errors, and returns its path; removes a stale one otherwise.
+pub(super) fn write_errors(out: &Path, report: &Report) -> Result<Option<PathBuf>> {
+    let path = with_suffix(out, ".errors.csv");
     if report.errors.is_empty() {
-        return match std::fs::remove_file(path) {
+        return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove stale {}", path.display()))
             }
-            _ => Ok(()),
+            _ => Ok(None),
         };
     }
-    write_atomic(path, |w| {
+    write_atomic(&path, |w| {
         let mut csv = csv::Writer::from_writer(w);
         csv.write_record(["path", "error"])?;
         for e in &report.errors {
@@ -416,18 +484,19 @@ fn write_errors(path: &Path, report: &Report) -> Result<()> {
         }
         csv.flush()
     })
-    .with_context(|| format!("cannot write {}", path.display()))
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(path))
 }
 
-/// The final summary (standard output).
-fn summary(report: &Report, out: &Path, errors: Option<&Path>, details: Option<&Path>) -> String {
-    use std::fmt::Write as _;
+/// The run's counts and speed, for the final summary (standard output);
+/// `unit` names what was scored ("images", "photos").
+pub(super) fn summary(report: &Report, unit: &str) -> String {
     let p = &report.progress;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "scored {} of {} images: {} computed, {} from cache ({} corrupt cache entries recomputed), {} errors",
-        report.records.len(),
+        "scored {} of {} {unit}: {} computed, {} from cache ({} corrupt cache entries recomputed), {} errors",
+        p.done - p.failed,
         p.total,
         p.computed,
         p.cached,
@@ -442,10 +511,14 @@ fn summary(report: &Report, out: &Path, errors: Option<&Path>, details: Option<&
         p.faces_per_sec(),
         100.0 * p.model_busy()
     );
-    let _ = writeln!(s, "wrote {} ({} rows)", out.display(), report.records.len());
-    if let Some(d) = details {
-        let _ = writeln!(s, "wrote {}", d.display());
-    }
+    s
+}
+
+/// The end of the final summary: cache entries that could not be
+/// written, and the files that could not be scored (all of them in
+/// `errors`, the first [`ERRORS_LISTED`] here).
+pub(super) fn problems(report: &Report, errors: Option<&Path>) -> String {
+    let mut s = String::new();
     if report.cache_write_failures > 0 {
         let _ = writeln!(
             s,

@@ -181,10 +181,11 @@ pub enum DiscoveryError {
         /// The root.
         path: PathBuf,
     },
-    /// A manifest or JSON lists no usable image.
+    /// A manifest or JSON lists no usable image, or a folder of photos
+    /// ([`find_images`]) holds none.
     #[error("no images found in: {}", path.display())]
     NoItems {
-        /// The manifest or JSON.
+        /// The manifest, JSON or folder.
         path: PathBuf,
     },
     /// A `DeepfakeBench` JSON has no video in the requested split.
@@ -485,7 +486,26 @@ fn walk_label_dir(
     items: &mut Vec<DatasetItem>,
     out: &mut Discovery,
 ) {
-    let mut walk = WalkDir::new(label_dir)
+    walk_images(label_dir, &mut out.skipped, &mut out.errors, |path| {
+        items.push(DatasetItem {
+            path: path.to_path_buf(),
+            label,
+            video: video_id(label_dir, path),
+        });
+    });
+}
+
+/// Walks `dir` (following links, in file-name order) and hands every image
+/// file to `found`; hidden entries, non-images and special files go to
+/// `skipped` (hidden folders are not descended into), walk problems to
+/// `errors`.
+fn walk_images(
+    dir: &Path,
+    skipped: &mut Vec<PathBuf>,
+    errors: &mut Vec<DiscoveryError>,
+    mut found: impl FnMut(&Path),
+) {
+    let mut walk = WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter();
@@ -493,7 +513,7 @@ fn walk_label_dir(
         let entry = match next {
             Ok(entry) => entry,
             Err(e) => {
-                out.errors.push(walk_error(&e, label_dir));
+                errors.push(walk_error(&e, dir));
                 continue;
             }
         };
@@ -504,21 +524,74 @@ fn walk_label_dir(
         let kind = entry.file_type();
         if kind.is_dir() {
             if is_hidden(path) {
-                out.skipped.push(path.to_path_buf());
+                skipped.push(path.to_path_buf());
                 walk.skip_current_dir();
             }
             continue;
         }
         if !kind.is_file() || is_hidden(path) || !is_image_path(path) {
-            out.skipped.push(path.to_path_buf());
+            skipped.push(path.to_path_buf());
             continue;
         }
-        items.push(DatasetItem {
-            path: path.to_path_buf(),
-            label,
-            video: video_id(label_dir, path),
-        });
+        found(path);
     }
+}
+
+/// Images without labels — the photos and folders an analyst points the
+/// tool at — found by [`find_images`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageList {
+    /// The images: inputs in the order given, each folder's images in
+    /// file-name order; a file reached twice is listed once.
+    pub images: Vec<PathBuf>,
+    /// Non-image, hidden and special files passed over inside folders (as
+    /// for label folders, see the module docs).
+    pub skipped: Vec<PathBuf>,
+    /// Inputs that do not exist, folders without an image, walk problems;
+    /// each names its path.
+    pub errors: Vec<DiscoveryError>,
+}
+
+/// The images named by `inputs`: a file is taken as given (whatever its
+/// extension: decoding reads the content), a folder is walked like a
+/// label folder (recursively, following links, in file-name order, hidden
+/// and non-image files skipped). Nothing stops the search: a missing input,
+/// an empty folder or an unreadable subfolder is an entry in
+/// [`ImageList::errors`] and the other inputs are still searched.
+#[must_use]
+pub fn find_images(inputs: &[PathBuf]) -> ImageList {
+    let mut out = ImageList::default();
+    let mut seen = HashSet::new();
+    for input in inputs {
+        match fs::metadata(input) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                out.errors.push(DiscoveryError::NotFound {
+                    path: input.clone(),
+                });
+            }
+            Err(e) => out.errors.push(io_error(input, &e)),
+            Ok(meta) if meta.is_dir() => {
+                let before = out.images.len();
+                let images = &mut out.images;
+                walk_images(input, &mut out.skipped, &mut out.errors, |path| {
+                    if seen.insert(path.to_path_buf()) {
+                        images.push(path.to_path_buf());
+                    }
+                });
+                if out.images.len() == before {
+                    out.errors.push(DiscoveryError::NoItems {
+                        path: input.clone(),
+                    });
+                }
+            }
+            Ok(_) => {
+                if seen.insert(input.clone()) {
+                    out.images.push(input.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 fn walk_error(error: &walkdir::Error, fallback: &Path) -> DiscoveryError {

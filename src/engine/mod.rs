@@ -60,10 +60,12 @@ pub const CACHE_SUFFIX: &str = ".cache";
 pub struct Item {
     /// The image file.
     pub path: PathBuf,
-    /// The dataset (domain) it belongs to.
+    /// The dataset (domain) it belongs to; may be empty for unlabelled
+    /// photos.
     pub dataset: String,
-    /// Ground truth.
-    pub label: Label,
+    /// Ground truth; `None` for photos without one (an analyst's), which
+    /// are scored like the others but get no [`Report::records`] row.
+    pub label: Option<Label>,
     /// Source video, when known.
     pub video: Option<String>,
 }
@@ -79,7 +81,7 @@ impl Item {
                 d.items.iter().map(|i| Self {
                     path: i.path.clone(),
                     dataset: d.name.clone(),
-                    label: i.label,
+                    label: Some(i.label),
                     video: i.video.clone(),
                 })
             })
@@ -365,7 +367,8 @@ pub enum Event<'a> {
 /// The result of a whole run.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// One record per scored image, in input order: the score table.
+    /// One record per scored image with a label, in input order: the
+    /// score table.
     pub records: Vec<ScoreRecord>,
     /// One entry per failed image, in input order.
     pub errors: Vec<FileError>,

@@ -584,13 +584,17 @@ impl Consumer<'_> {
         progress.done += 1;
         progress.elapsed_secs = self.start.elapsed().as_secs_f64();
         match outcome {
-            Outcome::Scored { score, .. } => self.report.records.push(ScoreRecord {
-                path: item.path.display().to_string(),
-                dataset: item.dataset.clone(),
-                label: item.label,
-                score: f64::from(score.score),
-                video: item.video.clone(),
-            }),
+            Outcome::Scored { score, .. } => {
+                if let Some(label) = item.label {
+                    self.report.records.push(ScoreRecord {
+                        path: item.path.display().to_string(),
+                        dataset: item.dataset.clone(),
+                        label,
+                        score: f64::from(score.score),
+                        video: item.video.clone(),
+                    });
+                }
+            }
             Outcome::Failed(error) => {
                 progress.failed += 1;
                 self.report.errors.push(FileError {

@@ -1,0 +1,294 @@
+//! `sfam scan` as an analyst runs it (the real binary, the tiny model of
+//! `tests/fixtures/model/tiny_l14`): photos and folders without labels,
+//! every face a row, bad and missing files reported while the rest is
+//! scored, the JSON table, the cache, and runs that cannot proceed.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny() -> PathBuf {
+    root().join("tests/fixtures/model/tiny_l14")
+}
+
+fn sfam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn scan(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
+    let model = tiny();
+    let mut args = vec!["scan"];
+    args.extend(inputs.iter().map(|p| s(p)));
+    args.extend(["--out", s(out), "--model", s(&model)]);
+    args.extend_from_slice(extra);
+    let o = sfam(&args);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(!text(&o.stderr).contains("panicked"));
+    o
+}
+
+/// A folder of photos as an analyst has one: a subfolder, a note, a
+/// hidden resource fork, a broken JPEG; plus a group photo named directly.
+fn photos(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let folder = dir.join("case 17");
+    std::fs::create_dir_all(folder.join("more")).unwrap();
+    for (name, to) in [
+        ("ciplab_real_real_00128.jpg", "a.jpg"),
+        ("ciplab_fake_mid_66_1100.jpg", "more/b.jpg"),
+        ("dfdc_fake_mbmruhrpfd.jpg", "c.jpg"),
+    ] {
+        std::fs::copy(root().join("assets/samples").join(name), folder.join(to)).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "seized 2026-11-01").unwrap();
+    std::fs::write(folder.join("._a.jpg"), b"\0\x05\x16\x07").unwrap();
+    let broken = folder.join("truncated.jpg");
+    std::fs::copy(root().join("tests/bad/truncated.jpg"), &broken).unwrap();
+    let group = dir.join("group.jpg");
+    std::fs::copy(root().join("tests/fixtures/face/two_faces.jpg"), &group).unwrap();
+    (folder, group, broken)
+}
+
+fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(str::to_owned).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn photos_and_folders_are_scanned_face_by_face() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, group, broken) = photos(dir.path());
+    let missing = dir.path().join("gone.jpg");
+    let out = dir.path().join("faces.csv");
+    let o = scan(
+        &[&folder, &group, &missing],
+        &out,
+        &["--max-faces", "3", "--threshold", "0.5", "--top", "2"],
+    );
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+
+    let (header, rows) = csv_rows(&out);
+    assert_eq!(
+        header,
+        [
+            "path",
+            "face",
+            "faces_found",
+            "precropped",
+            "verdict",
+            "score",
+            "logit",
+            "global_logit",
+            "top_region",
+            "top_region_part",
+            "x1",
+            "y1",
+            "x2",
+            "y2",
+            "detector_score"
+        ]
+    );
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    // The folder's three photos in file-name order (the subfolder's after
+    // `a.jpg`), then both faces of the group photo; nothing hidden or
+    // non-image, nothing from the broken or the missing file.
+    let paths: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("path")].as_str(), r[col("face")].as_str()))
+        .collect();
+    let first = folder.join("a.jpg");
+    let nested = folder.join("more/b.jpg");
+    let third = folder.join("c.jpg");
+    assert_eq!(
+        paths,
+        [
+            (s(&first), "0"),
+            (s(&third), "0"),
+            (s(&nested), "0"),
+            (s(&group), "0"),
+            (s(&group), "1"),
+        ]
+    );
+    let group_rows: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == s(&group)).collect();
+    assert!(group_rows.iter().all(|r| r[col("faces_found")] == "2"));
+    // Largest face first: the first box is the larger.
+    let area = |r: &Vec<String>| {
+        let v = |c: &str| r[col(c)].parse::<f64>().unwrap();
+        (v("x2") - v("x1")) * (v("y2") - v("y1"))
+    };
+    assert!(area(group_rows[0]) >= area(group_rows[1]));
+
+    let mut fakes = 0;
+    for r in &rows {
+        let score: f64 = r[col("score")].parse().unwrap();
+        let logit: f64 = r[col("logit")].parse().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!((score - 1.0 / (1.0 + (-logit).exp())).abs() < 1e-5);
+        let fake = score >= 0.5;
+        fakes += usize::from(fake);
+        assert_eq!(r[col("verdict")], if fake { "fake" } else { "real" });
+        assert!(!r[col("top_region")].is_empty());
+    }
+    assert!(
+        stdout.contains(&format!(
+            "5 face(s): {fakes} likely fake (score >= 0.5), {} likely real",
+            5 - fakes
+        )),
+        "{stdout}"
+    );
+
+    // The same faces' scores as `sfam inspect` gives them (the model
+    // run directly, not through the engine).
+    let inspect = sfam(&["inspect", s(&group), "--json", "--model", s(&tiny())]);
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    for (face, row) in json["faces"].as_array().unwrap().iter().zip(&group_rows) {
+        let direct = face["score"].as_f64().unwrap();
+        let scanned: f64 = row[col("score")].parse().unwrap();
+        assert!((direct - scanned).abs() < 1e-4, "{direct} vs {scanned}");
+    }
+
+    check_top_list(&stdout, &rows, col("score"));
+    // The broken and the missing file: in the log, the summary and the
+    // errors file; the rest was scored.
+    let errors = std::fs::read_to_string(dir.path().join("faces.csv.errors.csv")).unwrap();
+    assert_eq!(errors.lines().count(), 3, "{errors}");
+    for p in [&broken, &missing] {
+        assert!(stderr.contains(s(p)), "{stderr}");
+        assert!(stdout.contains(s(p)), "{stdout}");
+        assert!(errors.contains(s(p)), "{errors}");
+    }
+    assert!(stdout.contains("scored 4 of 6 photos"), "{stdout}");
+}
+
+/// The summary lists the two highest scores of the table, highest first.
+fn check_top_list(stdout: &str, rows: &[Vec<String>], score_col: usize) {
+    let mut scores: Vec<f64> = rows.iter().map(|r| r[score_col].parse().unwrap()).collect();
+    scores.sort_by(|x, y| y.total_cmp(x));
+    let listed: Vec<f64> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("highest scores:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  0") || l.starts_with("  1"))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{stdout}");
+    for (shown, expected) in listed.iter().zip(&scores) {
+        assert!((shown - expected).abs() < 1e-4, "{shown} vs {expected}");
+    }
+}
+
+#[test]
+fn the_json_table_has_every_face_in_full_and_reruns_come_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, group, _) = photos(dir.path());
+    let out = dir.path().join("faces.json");
+    scan(&[&folder, &group], &out, &["--max-faces", "2"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let faces = json.as_array().unwrap();
+    assert_eq!(faces.len(), 5);
+    for f in faces {
+        for key in [
+            "path",
+            "face",
+            "verdict",
+            "score",
+            "box",
+            "landmarks",
+            "size",
+            "region_logits",
+            "region_attention",
+            "region_contributions",
+            "routing",
+            "top_region",
+        ] {
+            assert!(f.get(key).is_some(), "no {key} in {f}");
+        }
+        let parts: f64 = f["region_contributions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let logit = f["logit"].as_f64().unwrap();
+        let global = f["global_logit"].as_f64().unwrap();
+        assert!((global + parts - logit).abs() < 1e-3);
+    }
+
+    // Again: every photo from the cache, the same table.
+    let before = std::fs::read_to_string(&out).unwrap();
+    let o = scan(&[&folder, &group], &out, &["--max-faces", "2"]);
+    assert!(
+        text(&o.stdout).contains("0 computed, 4 from cache"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
+}
+
+#[test]
+fn scans_that_cannot_proceed_exit_non_zero_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = dir.path().join("faces.csv");
+    let tiny = tiny();
+
+    let o = sfam(&["scan", s(&empty), "--out", s(&out), "--model", s(&tiny)]);
+    assert!(!o.status.success());
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains("no images found in"), "{stderr}");
+    assert!(stderr.contains("no photos found"), "{stderr}");
+
+    let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
+    let o = sfam(&[
+        "scan",
+        s(&photo),
+        "--out",
+        s(&dir.path().join("faces.txt")),
+        "--model",
+        s(&tiny),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(".csv or .json"));
+
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--threshold", "1.5"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("between 0 and 1"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let missing = dir.path().join("no_model");
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&missing)]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no_model"));
+    assert!(!out.exists());
+}
