@@ -17,6 +17,7 @@ use sfam_studio::data::Label;
 use sfam_studio::data::datasets::{
     Dataset, DatasetItem, DiscoverOptions, Discovery, DiscoveryError, discover, find_images,
 };
+use sfam_studio::data::datasets::{FolderKind, folder_kind};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets")
@@ -582,6 +583,49 @@ fn unlabelled_photos_and_folders_are_listed_with_their_problems() -> Result<()> 
             DiscoveryError::NotFound { path: missing },
             DiscoveryError::NoItems { path: empty },
         ]
+    );
+    Ok(())
+}
+
+/// Where a dropped folder goes: dataset layouts, folders of photos, and
+/// the rest, told apart without walking the folder.
+#[test]
+fn folder_kinds_are_told_apart_from_a_bounded_look() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let d = |rel: &str| -> Result<PathBuf> {
+        let p = tmp.path().join(rel);
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    };
+    let one = d("one")?;
+    d("one/Fake")?;
+    let many = d("many")?;
+    d("many/ffhq/0_real")?;
+    fs::write(many.join("README.md"), "x")?;
+    let photos = d("photos")?;
+    fs::write(photos.join("IMG_0001.JPG"), "x")?;
+    d("photos/2025")?;
+    let nested = d("nested")?;
+    fs::write(d("nested/2025")?.join("a.jpg"), "x")?;
+    let hidden = d("hidden")?;
+    fs::write(hidden.join("._a.jpg"), "x")?;
+    let empty = d("empty")?;
+
+    assert_eq!(folder_kind(&one), FolderKind::Datasets);
+    assert_eq!(folder_kind(&many), FolderKind::Datasets);
+    assert_eq!(folder_kind(&photos), FolderKind::Photos);
+    // Photos only in subfolders, or only hidden files: not decided.
+    assert_eq!(folder_kind(&nested), FolderKind::Unknown);
+    assert_eq!(folder_kind(&hidden), FolderKind::Unknown);
+    assert_eq!(folder_kind(&empty), FolderKind::Unknown);
+    assert_eq!(
+        folder_kind(&tmp.path().join("missing")),
+        FolderKind::Unknown
+    );
+    assert_eq!(folder_kind(&fixtures().join("multi")), FolderKind::Datasets);
+    assert_eq!(
+        folder_kind(&fixtures().join("no_datasets")),
+        FolderKind::Unknown
     );
     Ok(())
 }

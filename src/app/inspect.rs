@@ -10,6 +10,7 @@
 //! typed prompts each run in a [`Job`] on a named worker thread; the view
 //! only drains their channels.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -19,6 +20,8 @@ use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Ui};
 use image::RgbImage;
 use sfam_studio::data::datasets::find_images;
 use sfam_studio::data::image::load_rgb;
+use sfam_studio::engine::table::verdict;
+use sfam_studio::engine::{FaceScore, ImageScore};
 use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
 use sfam_studio::model::clip::{ClipModel, Towers};
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
@@ -276,6 +279,8 @@ pub enum Request {
     ExportFacePng,
     /// Save the face's full result as JSON.
     ExportFaceJson,
+    /// Save every inspected face as a table (CSV or JSON).
+    ExportFaceTable,
 }
 
 /// Everything that decides the face picture (recomputed when it changes).
@@ -312,6 +317,9 @@ pub struct InspectView {
     pub stretch: bool,
     /// The prompt being typed.
     pub typed_text: String,
+    /// The strip shows the photos most suspicious first (highest face
+    /// score; photos not inspected yet last), else in the order opened.
+    pub most_suspicious_first: bool,
     list_job: Option<Job<Result<Vec<PathBuf>, String>>>,
     batch: Option<Batch>,
     photo_job: Option<(usize, Job<Result<RgbImage, String>>)>,
@@ -338,6 +346,7 @@ impl Default for InspectView {
             opacity: 0.55,
             stretch: true,
             typed_text: String::new(),
+            most_suspicious_first: false,
             list_job: None,
             batch: None,
             photo_job: None,
@@ -466,16 +475,6 @@ fn region_label(name: &str) -> &str {
         .iter()
         .find(|r| r.name() == name)
         .map_or(name, |r| r.label())
-}
-
-/// "fake" or "real" at this threshold.
-#[must_use]
-pub fn verdict(score: f32, threshold: f64) -> &'static str {
-    if f64::from(score) >= threshold {
-        "fake"
-    } else {
-        "real"
-    }
 }
 
 impl InspectView {
@@ -990,6 +989,86 @@ impl InspectView {
         Some(img)
     }
 
+    /// Every inspected photo with its faces as the engine reports them
+    /// (for the face table: `engine::table`), in the order opened.
+    #[must_use]
+    pub fn face_table(&self) -> Vec<(PathBuf, ImageScore)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.state {
+                EntryState::Done(r) if !r.faces.is_empty() => {
+                    let faces: Vec<FaceScore> = r
+                        .faces
+                        .iter()
+                        .map(|f| FaceScore::new(&f.face, &f.output))
+                        .collect();
+                    Some((
+                        e.path.clone(),
+                        ImageScore {
+                            score: faces[0].score,
+                            size: [r.size.0, r.size.1],
+                            faces_found: if r.precropped { 0 } else { faces.len() },
+                            precropped: r.precropped,
+                            faces,
+                        },
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The strip's order: entry indices as opened, or by their highest
+    /// face score (highest first; failed, pending and cancelled photos
+    /// last, in the order opened).
+    #[must_use]
+    pub fn strip_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        if self.most_suspicious_first {
+            let key = |i: usize| match &self.entries[i].state {
+                EntryState::Done(r) => r.max_score(),
+                _ => None,
+            };
+            // Stable: ties keep the order opened.
+            order.sort_by(|&a, &b| match (key(a), key(b)) {
+                (Some(x), Some(y)) => y.total_cmp(&x),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+        }
+        order
+    }
+
+    /// "N photos: … faces, … called fake at the threshold", for the row
+    /// above the strip.
+    fn tally(&self, threshold: f64) -> String {
+        let (mut done, mut failed, mut face_count, mut called_fake) = (0, 0, 0, 0);
+        for e in &self.entries {
+            match &e.state {
+                EntryState::Done(r) => {
+                    done += 1;
+                    face_count += r.faces.len();
+                    called_fake += r
+                        .faces
+                        .iter()
+                        .filter(|f| verdict(f.output.score, threshold) == "fake")
+                        .count();
+                }
+                EntryState::Failed(_) => failed += 1,
+                EntryState::Pending | EntryState::Cancelled => {}
+            }
+        }
+        let mut s = format!(
+            "{} photos, {done} inspected: {face_count} faces, {called_fake} likely fake at {threshold:.3}",
+            self.entries.len()
+        );
+        if failed > 0 {
+            let _ = write!(s, ", {failed} could not be inspected");
+        }
+        s
+    }
+
     /// The selected face's full result as JSON: photo, box, landmarks,
     /// model, threshold, verdict, every model output, typed heatmaps.
     #[must_use]
@@ -1066,6 +1145,27 @@ impl InspectView {
             );
             return requests;
         }
+        ui.horizontal_wrapped(|ui| {
+            ui.label(self.tally(*threshold));
+            ui.separator();
+            ui.checkbox(&mut self.most_suspicious_first, "most suspicious first")
+                .on_hover_text("Order the photos by their highest face score");
+            let any = self
+                .entries
+                .iter()
+                .any(|e| matches!(e.state, EntryState::Done(_)));
+            if ui
+                .add_enabled(any, egui::Button::new("Export table..."))
+                .on_hover_text(
+                    "Every inspected face as a row (CSV) or an object with the model's full \
+                     output (JSON): score, verdict at the threshold, box, the largest regional \
+                     part; the table `sfam scan` writes",
+                )
+                .clicked()
+            {
+                requests.push(Request::ExportFaceTable);
+            }
+        });
         self.strip_ui(ui, *threshold);
         ui.separator();
         // Three columns: the photo; the face with its verdict and overlay;
@@ -1230,8 +1330,9 @@ impl InspectView {
             .id_salt("thumbs")
             .show(ui, |ui| {
                 ui.horizontal(|ui| {
-                    for (i, e) in self.entries.iter_mut().enumerate() {
+                    for i in self.strip_order() {
                         let selected = self.selected == Some(i);
+                        let e = &mut self.entries[i];
                         ui.vertical(|ui| {
                             ui.set_width(side + 8.0);
                             let (rect, resp) = ui.allocate_exact_size(

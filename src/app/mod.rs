@@ -19,7 +19,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use egui::{RichText, Ui};
 use serde::{Deserialize, Serialize};
 use sfam_studio::data::atomic::write_atomic;
+use sfam_studio::data::datasets::{FolderKind, folder_kind};
 use sfam_studio::data::scores::{ScoreFormat, write_scores};
+use sfam_studio::engine::table::write_face_table;
 use sfam_studio::metrics::{VideoAgg, evaluation_json, matrix_csv};
 
 pub use datasets::{DatasetsView, ModelInUse, Request};
@@ -93,6 +95,7 @@ enum DialogKind {
     ChooseModel,
     ExportFacePng,
     ExportFaceJson,
+    ExportFaceTable,
     SaveScores,
 }
 
@@ -266,6 +269,7 @@ impl SfamApp {
                         DialogKind::ChooseModel => self.choose_model(Some(path)),
                         DialogKind::ExportFacePng => self.export_face_png(path),
                         DialogKind::ExportFaceJson => self.export_face_json(path),
+                        DialogKind::ExportFaceTable => self.export_face_table(path),
                         DialogKind::SaveScores => self.save_scores(path),
                     }
                 }
@@ -322,6 +326,13 @@ impl SfamApp {
                     DialogKind::ExportFaceJson => d
                         .add_filter("JSON", &["json"])
                         .set_file_name("face.json")
+                        .save_file()
+                        .into_iter()
+                        .collect(),
+                    DialogKind::ExportFaceTable => d
+                        .add_filter("CSV", &["csv"])
+                        .add_filter("JSON", &["json"])
+                        .set_file_name("faces.csv")
                         .save_file()
                         .into_iter()
                         .collect(),
@@ -389,6 +400,35 @@ impl SfamApp {
             let mut text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
             text.push('\n');
             Ok(text.into_bytes())
+        });
+    }
+
+    /// Writes every inspected face as a table (CSV, or JSON for a `.json`
+    /// name; `sfam scan`'s) atomically, on a worker thread.
+    pub fn export_face_table(&mut self, path: PathBuf) {
+        let photos = self.inspect.face_table();
+        if photos.is_empty() {
+            self.errors.push("no inspected faces to export yet".into());
+            return;
+        }
+        let Some(format) = ScoreFormat::from_path(&path) else {
+            self.errors.push(format!(
+                "a face table must end in .csv or .json: {}",
+                path.display()
+            ));
+            return;
+        };
+        let threshold = self.settings.inspect_threshold;
+        self.in_background(path, move |p| {
+            write_atomic(p, |w| {
+                write_face_table(
+                    w,
+                    photos.iter().map(|(path, image)| (path.as_path(), image)),
+                    threshold,
+                    format,
+                )
+            })
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
         });
     }
 
@@ -535,6 +575,9 @@ impl SfamApp {
                         inspect::Request::UseBundledModel => self.choose_model(None),
                         inspect::Request::ExportFacePng => self.dialog(DialogKind::ExportFacePng),
                         inspect::Request::ExportFaceJson => self.dialog(DialogKind::ExportFaceJson),
+                        inspect::Request::ExportFaceTable => {
+                            self.dialog(DialogKind::ExportFaceTable);
+                        }
                     }
                 }
             }
@@ -571,9 +614,16 @@ impl SfamApp {
                 .map(str::to_ascii_lowercase);
             match ext.as_deref() {
                 Some("csv" | "json") => self.open_scores(p),
-                _ if p.is_dir() => match self.settings.view {
-                    View::Inspect => self.open_image_folder(p),
-                    View::Datasets => self.add_root(p),
+                // A dataset layout goes to Datasets and a folder of photos
+                // to Inspect, whichever view is shown; an undecided folder
+                // (photos only in subfolders, say) to the view shown.
+                _ if p.is_dir() => match (folder_kind(&p), self.settings.view) {
+                    (FolderKind::Datasets, _) | (FolderKind::Unknown, View::Datasets) => {
+                        self.add_root(p);
+                    }
+                    (FolderKind::Photos, _) | (FolderKind::Unknown, View::Inspect) => {
+                        self.open_image_folder(p);
+                    }
                 },
                 _ if sfam_studio::data::is_image_path(&p) => images.push(p),
                 _ => self.errors.push(format!(

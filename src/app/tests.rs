@@ -337,6 +337,118 @@ fn several_faces_are_selectable_and_results_export() {
     assert_eq!((img.width(), img.height()), (224, 224));
 }
 
+/// A folder triaged: the tally above the strip, the strip ordered by the
+/// highest face score, every inspected face exported as `sfam scan`'s
+/// table (CSV and JSON).
+#[test]
+fn a_folder_is_ordered_by_suspicion_and_its_faces_export_as_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, to) in [
+        ("assets/samples/ciplab_real_real_00128.jpg", "a.jpg"),
+        ("assets/samples/dfdc_fake_hlsbacxpca.jpg", "b.jpg"),
+        ("tests/fixtures/face/two_faces.jpg", "c.jpg"),
+    ] {
+        std::fs::copy(fixture(name), dir.path().join(to)).unwrap();
+    }
+    std::fs::write(dir.path().join("d.jpg"), b"not a JPEG").unwrap();
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_paths(vec![dir.path().to_path_buf()]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect.entries.len() == 4 && !a.inspect.busy()
+    });
+    h.run_steps(3);
+    assert_eq!(h.state().errors.len(), 1, "{:?}", h.state().errors);
+    h.state_mut().errors.clear();
+    let photos = h.state().inspect.face_table();
+    assert_eq!(photos.len(), 3);
+    assert_eq!(photos[2].1.faces.len(), 2);
+    let threshold = h.state().settings.inspect_threshold;
+    let likely_fake = photos
+        .iter()
+        .flat_map(|(_, p)| &p.faces)
+        .filter(|f| f64::from(f.score) >= threshold)
+        .count();
+    h.get_by_label(&format!(
+        "4 photos, 3 inspected: 4 faces, {likely_fake} likely fake at {threshold:.3}, 1 could not be inspected"
+    ));
+
+    assert_eq!(h.state().inspect.strip_order(), [0, 1, 2, 3]);
+    h.get_by_label("most suspicious first").click();
+    h.run_steps(2);
+    assert!(h.state().inspect.most_suspicious_first);
+    let order = h.state().inspect.strip_order();
+    let best = |i: usize| {
+        photos[i]
+            .1
+            .faces
+            .iter()
+            .map(|f| f.score)
+            .fold(f32::MIN, f32::max)
+    };
+    let mut expected = vec![0, 1, 2];
+    expected.sort_by(|&a, &b| best(b).total_cmp(&best(a)));
+    expected.push(3); // the photo that failed, last
+    assert_eq!(order, expected);
+
+    let out = tempfile::tempdir().unwrap();
+    for name in ["faces.csv", "faces.json"] {
+        h.state_mut().status = None;
+        h.state_mut().export_face_table(out.path().join(name));
+        step_until(&mut h, |a| a.status.is_some() || !a.errors.is_empty());
+        assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    }
+    let mut r = csv::Reader::from_path(out.path().join("faces.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(&rows[3][0], dir.path().join("c.jpg").to_str().unwrap());
+    assert_eq!(&rows[3][1], "1");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("faces.json")).unwrap())
+            .unwrap();
+    let faces = json.as_array().unwrap();
+    assert_eq!(faces.len(), 4);
+    for (f, row) in faces.iter().zip(&rows) {
+        let csv_score: f64 = row[5].parse().unwrap();
+        assert!((f["score"].as_f64().unwrap() - csv_score).abs() < 1e-6);
+        assert_eq!(f["verdict"], row[4].to_owned());
+    }
+    // A name that is neither: an error, nothing written.
+    h.state_mut()
+        .export_face_table(out.path().join("faces.txt"));
+    assert!(h.state().errors[0].contains(".csv or .json"));
+    assert!(!out.path().join("faces.txt").exists());
+}
+
+/// A dropped folder goes where its contents belong, whichever view is
+/// shown: photos to Inspect, a dataset layout to Datasets.
+#[test]
+fn a_folder_opens_in_the_view_its_contents_belong_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(
+        fixture("assets/samples/ciplab_real_real_00128.jpg"),
+        photos.join("a.jpg"),
+    )
+    .unwrap();
+    let mut app = inspect_app(Some(tiny_model()));
+    app.settings.view = View::Datasets;
+    app.open_paths(vec![photos]);
+    assert_eq!(app.settings.view, View::Inspect);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect.entries.len() == 1 && !a.inspect.busy()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+
+    h.state_mut()
+        .open_paths(vec![fixture("tests/fixtures/datasets/multi")]);
+    assert_eq!(h.state().settings.view, View::Datasets);
+    step_until(&mut h, |a| a.datasets.discovery.is_some());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
 #[test]
 fn an_unreadable_photo_is_reported_once_and_the_others_go_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,14 +3,13 @@
 //! most suspicious faces listed at the end.
 
 use std::fmt::Write as _;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use serde::Serialize;
 use sfam_studio::data::scores::ScoreFormat;
-use sfam_studio::engine::{FaceScore, ImageScore, Item, Outcome};
+use sfam_studio::engine::table::{FaceRow, FaceTable, face_rows};
+use sfam_studio::engine::{Item, Outcome};
 
 use super::score::{EngineArgs, Streamed, output, problems, summary, write_errors};
 
@@ -48,110 +47,12 @@ fn probability(text: &str) -> Result<f64, String> {
     }
 }
 
-/// One scored face: a row of the CSV, an object of the JSON (which
-/// flattens the face's full [`FaceScore`] into it).
-#[derive(Debug, Serialize)]
-struct FaceRow<'a> {
-    path: String,
-    /// Index of the face in its photo (0 = the largest).
-    face: usize,
-    /// Faces the detector found in the photo (0 when it was used whole).
-    faces_found: usize,
-    /// No face was detected: the photo was taken whole as a face crop.
-    precropped: bool,
-    /// The photo's width and height (upright).
-    size: [u32; 2],
-    /// `fake` when the score is at least the threshold, else `real`.
-    verdict: &'static str,
-    /// The region whose part of the logit is largest in size, and that
-    /// part (attention × region logit; positive: towards fake).
-    top_region: &'a str,
-    top_region_part: f32,
-    #[serde(flatten)]
-    detail: &'a FaceScore,
-}
-
-/// The CSV's columns.
-const CSV_HEADER: [&str; 15] = [
-    "path",
-    "face",
-    "faces_found",
-    "precropped",
-    "verdict",
-    "score",
-    "logit",
-    "global_logit",
-    "top_region",
-    "top_region_part",
-    "x1",
-    "y1",
-    "x2",
-    "y2",
-    "detector_score",
-];
-
-impl FaceRow<'_> {
-    fn csv_record(&self) -> Vec<String> {
-        let d = self.detail;
-        let mut r = vec![
-            self.path.clone(),
-            self.face.to_string(),
-            self.faces_found.to_string(),
-            self.precropped.to_string(),
-            self.verdict.to_owned(),
-            d.score.to_string(),
-            d.logit.to_string(),
-            d.global_logit.to_string(),
-            self.top_region.to_owned(),
-            self.top_region_part.to_string(),
-        ];
-        r.extend(d.bbox.iter().map(ToString::to_string));
-        r.push(d.detector_score.to_string());
-        r
-    }
-}
-
-/// Every face of one scored photo, as rows.
-fn rows<'a>(path: &Path, image: &'a ImageScore, threshold: f64) -> Vec<FaceRow<'a>> {
-    image
-        .faces
-        .iter()
-        .enumerate()
-        .map(|(face, detail)| {
-            let (top_region, top_region_part) = detail
-                .regions
-                .iter()
-                .zip(&detail.region_contributions)
-                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                .map_or(("", 0.0), |(name, part)| (name.as_str(), *part));
-            FaceRow {
-                path: path.display().to_string(),
-                face,
-                faces_found: image.faces_found,
-                precropped: image.precropped,
-                size: image.size,
-                verdict: verdict(detail.score, threshold),
-                top_region,
-                top_region_part,
-                detail,
-            }
-        })
-        .collect()
-}
-
-fn verdict(score: f32, threshold: f64) -> &'static str {
-    if f64::from(score) >= threshold {
-        "fake"
-    } else {
-        "real"
-    }
-}
-
 /// The table being written, row by row, into a temporary file beside
 /// the output, and what the summary needs.
 struct Table {
     out: Streamed,
-    format: ScoreFormat,
+    /// `None` when its start could not be written (the error is in `out`).
+    writer: Option<FaceTable>,
     seen: Seen,
 }
 
@@ -236,13 +137,14 @@ impl Seen {
 impl Table {
     fn new(dir: &Path, format: ScoreFormat, keep: usize) -> Result<Self> {
         let mut out = Streamed::create(dir)?;
-        out.write(|w| match format {
-            ScoreFormat::Csv => write_csv_record(w, CSV_HEADER),
-            ScoreFormat::Json => w.write_all(b"["),
+        let mut writer = None;
+        out.write(|w| {
+            writer = Some(FaceTable::start(format, w)?);
+            Ok(())
         });
         Ok(Self {
             out,
-            format,
+            writer,
             seen: Seen {
                 keep,
                 ..Seen::default()
@@ -251,43 +153,21 @@ impl Table {
     }
 
     fn add(&mut self, row: &FaceRow<'_>) {
-        let first = self.seen.faces == 0;
         self.seen.add(row);
-        let format = self.format;
-        self.out.write(|w| match format {
-            ScoreFormat::Csv => write_csv_record(w, row.csv_record()),
-            ScoreFormat::Json => {
-                w.write_all(if first { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut *w, row)?;
-                Ok(())
-            }
-        });
+        if let Some(writer) = self.writer.as_mut() {
+            self.out.write(|w| writer.add(w, row));
+        }
     }
 
     /// Closes the table and renames it to `path`.
     fn finish(mut self, path: &Path) -> Result<Seen> {
-        if self.format == ScoreFormat::Json {
-            let end: &[u8] = if self.seen.faces == 0 {
-                b"]\n"
-            } else {
-                b"\n]\n"
-            };
-            self.out.write(|w| w.write_all(end));
+        if let Some(writer) = self.writer.take() {
+            self.out.write(|w| writer.finish(w));
         }
         self.out.persist(path)?;
         self.seen.trim();
         Ok(self.seen)
     }
-}
-
-fn write_csv_record<I, T>(w: &mut impl Write, record: I) -> std::io::Result<()>
-where
-    I: IntoIterator<Item = T>,
-    T: AsRef<[u8]>,
-{
-    let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(w);
-    csv.write_record(record)?;
-    csv.flush()
 }
 
 /// Runs `sfam scan`. Exit status 0 when the run completed, even with
@@ -317,7 +197,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let mut table = Table::new(&out_dir, format, args.top)?;
     let report = scoring.run(&items, |item, outcome| {
         if let Outcome::Scored { score, .. } = outcome {
-            for row in rows(&item.path, score, args.threshold) {
+            for row in face_rows(&item.path, score, args.threshold) {
                 table.add(&row);
             }
         }

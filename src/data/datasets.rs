@@ -537,6 +537,72 @@ fn walk_images(
     }
 }
 
+/// What a folder holds, judged from a bounded look at it
+/// ([`folder_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderKind {
+    /// A dataset (it has a label folder) or a folder of datasets (a
+    /// subfolder has one).
+    Datasets,
+    /// Image files, and no label folder among the entries looked at.
+    Photos,
+    /// Neither was seen (an empty folder, an unreadable one, or only
+    /// other files among the entries looked at).
+    Unknown,
+}
+
+/// How many entries of a folder, and of each of its subfolders,
+/// [`folder_kind`] looks at.
+pub const FOLDER_KIND_ENTRIES: usize = 64;
+
+/// Whether `dir` is a dataset layout (`<dir>/{real,fake}/` or
+/// `<dir>/<dataset>/{real,fake}/`) or a folder of photos, from at most
+/// [`FOLDER_KIND_ENTRIES`] entries of it and of each subfolder met among
+/// them — quick enough to decide where a dropped folder goes without
+/// walking it.
+#[must_use]
+pub fn folder_kind(dir: &Path) -> FolderKind {
+    let names = |d: &Path| -> Vec<(PathBuf, bool)> {
+        fs::read_dir(d).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .take(FOLDER_KIND_ENTRIES)
+                    .map(|e| {
+                        let path = e.path();
+                        let is_dir = path.is_dir();
+                        (path, is_dir)
+                    })
+                    .collect()
+            },
+        )
+    };
+    let is_label_dir = |(p, is_dir): &(PathBuf, bool)| {
+        *is_dir
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| label_for_folder_name(n).is_some())
+    };
+    let top = names(dir);
+    if top.iter().any(is_label_dir)
+        || top
+            .iter()
+            .filter(|(p, is_dir)| *is_dir && !is_hidden(p))
+            .any(|(p, _)| names(p).iter().any(is_label_dir))
+    {
+        return FolderKind::Datasets;
+    }
+    if top
+        .iter()
+        .any(|(p, is_dir)| !is_dir && !is_hidden(p) && is_image_path(p))
+    {
+        FolderKind::Photos
+    } else {
+        FolderKind::Unknown
+    }
+}
+
 /// Images without labels — the photos and folders an analyst points the
 /// tool at — found by [`find_images`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

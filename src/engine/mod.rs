@@ -31,6 +31,7 @@
 
 pub mod cache;
 mod pipeline;
+pub mod table;
 
 use std::path::PathBuf;
 
