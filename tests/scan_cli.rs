@@ -6,30 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use sfam_studio::engine::table::CSV_HEADER;
 
-fn tiny() -> PathBuf {
-    root().join("tests/fixtures/model/tiny_l14")
-}
+mod common;
 
-fn sfam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{root, s, sfam, text, tiny};
 
 fn scan(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
     let model = tiny();
@@ -93,26 +76,7 @@ fn photos_and_folders_are_scanned_face_by_face() {
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
 
     let (header, rows) = csv_rows(&out);
-    assert_eq!(
-        header,
-        [
-            "path",
-            "face",
-            "faces_found",
-            "precropped",
-            "verdict",
-            "score",
-            "logit",
-            "global_logit",
-            "top_region",
-            "top_region_part",
-            "x1",
-            "y1",
-            "x2",
-            "y2",
-            "detector_score"
-        ]
-    );
+    assert_eq!(header, CSV_HEADER);
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     // The folder's three photos in file-name order (the subfolder's after
     // `a.jpg`), then both faces of the group photo; nothing hidden or

@@ -11,28 +11,9 @@ use std::time::{Duration, Instant};
 
 use sfam_studio::data::scores::read_scores;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
-fn tiny() -> PathBuf {
-    root().join("tests/fixtures/model/tiny_l14")
-}
-
-fn sfam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{root, s, sfam, text, tiny};
 
 /// Scores `data` into `out` with the tiny model; the output, checked to
 /// have succeeded.

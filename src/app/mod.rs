@@ -220,18 +220,13 @@ impl SfamApp {
     /// Writes the last scoring run's score table (CSV, or JSON for a
     /// `.json` name) atomically, on a worker thread.
     pub fn save_scores(&mut self, path: PathBuf) {
-        let Some(run) = &self.datasets.scored else {
+        let Some(records) = self.datasets.scored.as_ref().map(|r| r.records.clone()) else {
             self.errors.push("no scores to save yet".into());
             return;
         };
-        let Some(format) = ScoreFormat::from_path(&path) else {
-            self.errors.push(format!(
-                "a score table must end in .csv or .json: {}",
-                path.display()
-            ));
+        let Some(format) = self.table_format(&path, "a score table") else {
             return;
         };
-        let records = run.records.clone();
         self.in_background(path, move |p| {
             write_scores(p, &records, format).map_err(|e| e.to_string())
         });
@@ -411,11 +406,7 @@ impl SfamApp {
             self.errors.push("no inspected faces to export yet".into());
             return;
         }
-        let Some(format) = ScoreFormat::from_path(&path) else {
-            self.errors.push(format!(
-                "a face table must end in .csv or .json: {}",
-                path.display()
-            ));
+        let Some(format) = self.table_format(&path, "a face table") else {
             return;
         };
         let threshold = self.settings.inspect_threshold;
@@ -430,6 +421,19 @@ impl SfamApp {
             })
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
         });
+    }
+
+    /// The format a table's name asks for (`.csv` or `.json`); otherwise
+    /// an error saying what `what` must end in.
+    fn table_format(&mut self, path: &Path, what: &str) -> Option<ScoreFormat> {
+        let format = ScoreFormat::from_path(path);
+        if format.is_none() {
+            self.errors.push(format!(
+                "{what} must end in .csv or .json: {}",
+                path.display()
+            ));
+        }
+        format
     }
 
     /// Makes the bytes and writes them atomically on a named thread; the

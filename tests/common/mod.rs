@@ -1,0 +1,34 @@
+//! Helpers of the tests that run the real `sfam` binary on the tiny model.
+// Each test binary uses its own subset of these.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The crate's folder.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny random-weight CLIP model of `tests/fixtures/model/tiny_l14`.
+pub fn tiny() -> PathBuf {
+    root().join("tests/fixtures/model/tiny_l14")
+}
+
+/// Runs the binary with these arguments, to its end.
+pub fn sfam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
