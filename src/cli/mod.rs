@@ -138,8 +138,8 @@ pub enum Command {
     /// parallel, batches through the model, a score cache in FILE.cache/),
     /// but every image is just a photo: up to --max-faces faces each,
     /// largest first, every one a row of the table with its score, its
-    /// verdict at --threshold, its box and the region that contributed
-    /// most to its logit (the JSON table has the model's full
+    /// verdict at --threshold, its box and the region whose part of the
+    /// logit is largest in size (the JSON table has the model's full
     /// explanation). The summary lists the highest-scoring faces. A file
     /// that cannot be scored is reported (log, summary, FILE.errors.csv)
     /// and the run goes on.
