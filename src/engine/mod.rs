@@ -1,6 +1,7 @@
-//! The scoring engine (issue 5): dataset images in, one SFAM score per
-//! image out, with progress, cancellation, a disk cache and per-file
-//! errors.
+//! The scoring engine (issue 5): dataset images (or an analyst's
+//! unlabelled photos) in, one SFAM score per image out, with progress,
+//! cancellation, a disk cache and per-file errors; [`table`] writes the
+//! per-face table of unlabelled photos.
 //!
 //! Discover ([`Item::from_discovery`]) → read and hash → cache lookup →
 //! decode → detect and align → preprocess (a pool of named worker threads,
