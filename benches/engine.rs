@@ -122,6 +122,7 @@ fn full_size() -> (Arc<SfamModel>, ModelId, &'static str) {
             .map(|r| r.name().to_owned())
             .collect(),
         backbone: Some("random ViT-B/16".into()),
+        threshold: None,
     };
     let hw = Weights::random(DType::F32, &device);
     let head = SfamHead::from_weights(head_cfg, &hw).unwrap();

@@ -39,6 +39,7 @@ fn head_config(dim: usize) -> HeadConfig {
             .map(|r| r.name().to_owned())
             .collect(),
         backbone: Some("random ViT-B/16".into()),
+        threshold: None,
     }
 }
 

@@ -120,7 +120,7 @@ fn photos_and_folders_are_scanned_face_by_face() {
     }
     assert!(
         stdout.contains(&format!(
-            "5 face(s): {fakes} likely fake (score >= 0.5), {} likely real",
+            "5 face(s): {fakes} likely fake (score >= 0.5000), {} likely real",
             5 - fakes
         )),
         "{stdout}"
@@ -214,6 +214,66 @@ fn the_json_table_has_every_face_in_full_and_reruns_come_from_the_cache() {
         text(&o.stdout)
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
+}
+
+/// Without --threshold, the model's suggested threshold decides; without
+/// one in the model, 0.5.
+#[test]
+fn the_models_suggested_threshold_is_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(tiny()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let head = model.join("sfam_head.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
+    let out = dir.path().join("faces.csv");
+    for (value, verdict) in [(0.0, "fake"), (1.0, "real")] {
+        cfg["threshold"] = serde_json::json!({"value": value, "rule": "a test's"});
+        std::fs::write(&head, cfg.to_string()).unwrap();
+        let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&model)]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let stdout = text(&o.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "threshold {value:.4} (suggested by the model: a test's)"
+            )),
+            "{stdout}"
+        );
+        let table = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(
+            table.lines().nth(1).unwrap().split(',').nth(4),
+            Some(verdict)
+        );
+    }
+    // --threshold wins; a threshold outside [0, 1] in the model is refused.
+    let o = sfam(&[
+        "scan",
+        s(&photo),
+        "--out",
+        s(&out),
+        "--model",
+        s(&model),
+        "--threshold",
+        "0.25",
+    ]);
+    assert!(text(&o.stdout).contains("threshold 0.2500 (--threshold)"));
+    cfg["threshold"] = serde_json::json!({"value": 1.5, "rule": "wrong"});
+    std::fs::write(&head, cfg.to_string()).unwrap();
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&model)]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("outside [0, 1]"),
+        "{}",
+        text(&o.stderr)
+    );
+    // The tiny model suggests none.
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&tiny())]);
+    assert!(text(&o.stdout).contains("threshold 0.5000 (the default; the model suggests none)"));
 }
 
 #[test]

@@ -115,6 +115,7 @@ fn reload_and_rescore(best: &Path) {
         .map(|r| (r.path, r.score))
         .collect();
     assert!(!recorded.is_empty());
+    check_suggested_threshold(&model, best);
     for (path, score) in &recorded {
         let faces = detector.faces_in_image(Path::new(path), FaceOptions { tight_crops: true });
         let out = model.inspect_faces(&[&faces.aligned[0]]).unwrap();
@@ -123,6 +124,42 @@ fn reload_and_rescore(best: &Path) {
             "{path}: {} vs {score}",
             out[0].score
         );
+    }
+}
+
+/// `best/` suggests the threshold that flags at most 10 % of its
+/// validation real faces, the lowest such one on their scores.
+fn check_suggested_threshold(model: &SfamModel, best: &Path) {
+    let t = model
+        .head()
+        .config()
+        .threshold
+        .clone()
+        .expect("best/ suggests a threshold");
+    assert!(t.rule.contains("10 %"), "{}", t.rule);
+    let mut real: Vec<f64> = read_scores(&best.join("val_scores.csv"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.label == sfam_studio::data::Label::Real)
+        .map(|r| r.score)
+        .collect();
+    real.sort_by(|a, b| b.total_cmp(a));
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let allowed = (0.1 * real.len() as f64 + 1e-9).floor() as usize;
+    let flagged = real.iter().filter(|&&s| s >= t.value).count();
+    assert!(
+        flagged <= allowed,
+        "{flagged} of {} flagged at {}",
+        real.len(),
+        t.value
+    );
+    if allowed < real.len() {
+        // One real more than allowed would be flagged just below it.
+        assert!(t.value > real[allowed], "{} vs {}", t.value, real[allowed]);
     }
 }
 

@@ -24,6 +24,7 @@ use sfam_studio::engine::table::verdict;
 use sfam_studio::engine::{FaceScore, ImageScore};
 use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
 use sfam_studio::model::clip::{ClipModel, Towers};
+use sfam_studio::model::heads::SuggestedThreshold;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::model::{ClipTokenizer, Precision, SfamModel, SfamOutput};
 
@@ -989,6 +990,15 @@ impl InspectView {
         Some(img)
     }
 
+    /// The threshold the loaded model suggests, if any.
+    #[must_use]
+    pub fn suggested_threshold(&self) -> Option<SuggestedThreshold> {
+        match &self.model {
+            ModelState::Ready(m) => m.model.head().config().threshold.clone(),
+            _ => None,
+        }
+    }
+
     /// Every inspected photo with its faces as the engine reports them
     /// (for the face table: `engine::table`), in the order opened.
     #[must_use]
@@ -1127,6 +1137,18 @@ impl InspectView {
                     .max_decimals(3)
                     .text("threshold (score >= threshold: fake)"),
             );
+            if let Some(s) = self.suggested_threshold()
+                && ui
+                    .add_enabled(
+                        (*threshold - s.value).abs() > 1e-9,
+                        egui::Button::new(format!("use the model's {:.3}", s.value)),
+                    )
+                    .on_hover_text(format!("The threshold this model suggests: {}", s.rule))
+                    .on_disabled_hover_text(format!("in use: {}", s.rule))
+                    .clicked()
+            {
+                *threshold = s.value;
+            }
             ui.separator();
             ui.checkbox(
                 tight_crops,

@@ -449,6 +449,30 @@ fn a_folder_opens_in_the_view_its_contents_belong_to() {
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
 }
 
+/// A model that suggests a threshold offers it next to the slider.
+#[test]
+fn the_models_suggested_threshold_is_one_click_away() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(tiny_model()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let head = dir.path().join("sfam_head.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    cfg["threshold"] = serde_json::json!({"value": 0.3, "rule": "a test's"});
+    std::fs::write(&head, cfg.to_string()).unwrap();
+    let mut app = inspect_app(Some(dir.path().to_path_buf()));
+    app.open_paths(vec![fixture("assets/samples/ffhq_stylegan2_real_109.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    assert_eq!(h.state().settings.inspect_threshold, 0.5);
+    h.get_by_label("use the model's 0.300").click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.inspect_threshold, 0.3);
+    h.get_by_label_contains("threshold 0.30");
+}
+
 #[test]
 fn an_unreadable_photo_is_reported_once_and_the_others_go_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,9 +25,11 @@ pub struct Args {
     /// landmarks, region logits, attention, routing).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// A face is called fake when its score is at least this.
-    #[arg(long, default_value_t = 0.5, value_name = "T", value_parser = probability)]
-    pub threshold: f64,
+    /// A face is called fake when its score is at least this. Default:
+    /// the threshold the model suggests (`sfam train` writes the one that
+    /// flags 10 % of its validation real faces), else 0.5.
+    #[arg(long, value_name = "T", value_parser = probability)]
+    pub threshold: Option<f64>,
     /// Faces scored per photo, largest first.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_faces: u16,
@@ -110,7 +112,7 @@ impl Seen {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} face(s): {} likely fake (score >= {threshold}), {} likely real",
+            "{} face(s): {} likely fake (score >= {threshold:.4}), {} likely real",
             self.faces,
             self.fakes,
             self.faces - self.fakes
@@ -194,10 +196,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         items.len(),
         scoring.describe(&args.engine)
     );
+    let (threshold, why) = match (
+        args.threshold,
+        &scoring.engine().model().head().config().threshold,
+    ) {
+        (Some(t), _) => (t, "--threshold".to_owned()),
+        (None, Some(s)) => (s.value, format!("suggested by the model: {}", s.rule)),
+        (None, None) => (0.5, "the default; the model suggests none".to_owned()),
+    };
+    eprintln!("threshold {threshold:.4} ({why})");
     let mut table = Table::new(&out_dir, format, args.top)?;
     let report = scoring.run(&items, |item, outcome| {
         if let Outcome::Scored { score, .. } = outcome {
-            for row in face_rows(&item.path, score, args.threshold) {
+            for row in face_rows(&item.path, score, threshold) {
                 table.add(&row);
             }
         }
@@ -206,7 +217,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let errors = write_errors(&args.out, &report)?;
     let mut text = summary(&report, "photos");
     let _ = writeln!(text, "wrote {} ({} rows)", args.out.display(), seen.faces);
-    text.push_str(&seen.describe(args.threshold));
+    let _ = writeln!(text, "threshold {threshold:.4} ({why})");
+    text.push_str(&seen.describe(threshold));
     text.push_str(&problems(&report, errors.as_deref()));
     print!("{text}");
     Ok(ExitCode::SUCCESS)

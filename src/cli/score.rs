@@ -390,6 +390,11 @@ impl EngineArgs {
 }
 
 impl Scoring {
+    /// The engine (and through it the model).
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// "MODEL (batch, workers, device, precision, cache)", for the first
     /// log line.
     pub(super) fn describe(&self, args: &EngineArgs) -> String {

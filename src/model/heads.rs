@@ -50,6 +50,22 @@ pub struct HeadConfig {
     /// What the head was trained on (informational).
     #[serde(default)]
     pub backbone: Option<String>,
+    /// A decision threshold suggested with the model (`sfam train` writes
+    /// the one its validation faces give); `sfam scan` and the app use it
+    /// when no threshold is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<SuggestedThreshold>,
+}
+
+/// A decision threshold on the score and the rule that chose it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestedThreshold {
+    /// A face is called fake when its score is at least this (0..=1).
+    pub value: f64,
+    /// How it was chosen, in words (e.g. the false-positive rate on the
+    /// validation faces).
+    pub rule: String,
 }
 
 impl HeadConfig {
@@ -101,6 +117,11 @@ impl HeadConfig {
         }
         if self.regions.is_empty() {
             return Err("no regions".into());
+        }
+        if let Some(t) = &self.threshold
+            && !(0.0..=1.0).contains(&t.value)
+        {
+            return Err(format!("threshold {} is outside [0, 1]", t.value));
         }
         Ok(())
     }

@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::Label;
 use crate::data::scores::{ScoreFormat, ScoreRecord, write_scores};
 use crate::face::regions::{REGIONS, Region, region_masks};
-use crate::metrics::{Evaluation, EvaluationOptions};
+use crate::metrics::{Evaluation, EvaluationOptions, SortedScores, ThresholdRule, threshold_for};
 use crate::model::ModelError;
-use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput};
+use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput, SuggestedThreshold};
 use crate::model::preprocess::preprocess_clip;
 use augment::{
     AugmentOptions, BlendKind, augment, geometric_jitter, mask_to_grid, mirror_landmarks,
@@ -240,6 +240,7 @@ impl TrainOptions {
             prompts: PROMPTS.iter().map(|p| (*p).to_owned()).collect(),
             regions: REGIONS.iter().map(|r| r.name().to_owned()).collect(),
             backbone: None,
+            threshold: None,
         }
     }
 }
@@ -1446,6 +1447,7 @@ fn average_and_validate(
     net.load_vars(&dir)?;
     let records = validate(net, samples, faces, val_idx, opts.batch, cancel)?;
     write_val_scores(&dir, &records)?;
+    write_suggested_threshold(&dir, &records, &format!("epochs {first}–{last} averaged"))?;
     let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
     on_event(TrainEvent::Message(format!(
         "weights of epochs {first}–{last} averaged and validated in {:.0} s: {}",
@@ -1468,6 +1470,56 @@ fn write_val_scores(dir: &Path, records: &[ScoreRecord]) -> Result<(), TrainErro
         path: path.clone(),
         message: e.to_string(),
     })
+}
+
+/// The false-positive rate, over all validation real faces, at which
+/// `best/` suggests its decision threshold.
+pub const SUGGESTED_FPR: f64 = 0.10;
+
+/// The threshold at which at most [`SUGGESTED_FPR`] of the validation
+/// real faces (all datasets together) score at or above it, the lowest
+/// such one; `None` without validation real faces. `model` says which
+/// weights were validated ("epoch 48"), for the rule's words.
+#[must_use]
+pub fn suggested_threshold(records: &[ScoreRecord], model: &str) -> Option<SuggestedThreshold> {
+    let scores = |label: Label| {
+        records
+            .iter()
+            .filter(|r| r.label == label)
+            .map(|r| r.score)
+            .collect::<Vec<f64>>()
+    };
+    let real = SortedScores::new(scores(Label::Real)).ok()?;
+    let fake = SortedScores::new(scores(Label::Fake)).ok()?;
+    let value = threshold_for(ThresholdRule::Fpr(SUGGESTED_FPR), &real, &fake).ok()?;
+    Some(SuggestedThreshold {
+        value,
+        rule: format!(
+            "at most {:.0} % of the {} validation real faces (all datasets) score at or above it \
+             (sfam train, {model})",
+            SUGGESTED_FPR * 100.0,
+            real.len()
+        ),
+    })
+}
+
+/// Adds [`suggested_threshold`] to the model folder's `sfam_head.json`.
+fn write_suggested_threshold(
+    dir: &Path,
+    records: &[ScoreRecord],
+    model: &str,
+) -> Result<(), TrainError> {
+    let Some(threshold) = suggested_threshold(records, model) else {
+        return Ok(());
+    };
+    let path = dir.join(crate::model::sfam::HEAD_CONFIG_FILE);
+    let mut config = HeadConfig::from_file(&path)?;
+    config.threshold = Some(threshold);
+    let json = serde_json::to_string_pretty(&config).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    net::write_file(&path, json.as_bytes())
 }
 
 /// `validation AUC a 0.812, b 0.900 (mean 0.856), Cross-AUC 0.843`.
@@ -1729,6 +1781,7 @@ fn finish_epoch(
         state.best_epoch = epoch;
         net.save(&run.best_dir)?;
         write_val_scores(&run.best_dir, records)?;
+        write_suggested_threshold(&run.best_dir, records, &format!("epoch {epoch}"))?;
     }
     state.epochs_done = epoch;
     state.log.push(row.clone());
