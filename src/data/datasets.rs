@@ -551,15 +551,19 @@ pub enum FolderKind {
     Unknown,
 }
 
-/// How many entries of a folder, and of each of its subfolders,
+/// How many entries of a folder, and of each subfolder it opens,
 /// [`folder_kind`] looks at.
 pub const FOLDER_KIND_ENTRIES: usize = 64;
 
+/// How many subfolders [`folder_kind`] opens.
+pub const FOLDER_KIND_SUBFOLDERS: usize = 16;
+
 /// Whether `dir` is a dataset layout (`<dir>/{real,fake}/` or
 /// `<dir>/<dataset>/{real,fake}/`) or a folder of photos, from at most
-/// [`FOLDER_KIND_ENTRIES`] entries of it and of each subfolder met among
-/// them — quick enough to decide where a dropped folder goes without
-/// walking it.
+/// [`FOLDER_KIND_ENTRIES`] entries of it and of each of the first
+/// [`FOLDER_KIND_SUBFOLDERS`] subfolders met among them — quick enough to
+/// decide, on the UI thread, where a dropped folder goes without walking
+/// it.
 #[must_use]
 pub fn folder_kind(dir: &Path) -> FolderKind {
     let names = |d: &Path| -> Vec<(PathBuf, bool)> {
@@ -571,7 +575,13 @@ pub fn folder_kind(dir: &Path) -> FolderKind {
                     .take(FOLDER_KIND_ENTRIES)
                     .map(|e| {
                         let path = e.path();
-                        let is_dir = path.is_dir();
+                        // The entry's own type costs no system call on
+                        // most platforms; only a link is followed.
+                        let is_dir = match e.file_type() {
+                            Ok(t) if t.is_symlink() => path.is_dir(),
+                            Ok(t) => t.is_dir(),
+                            Err(_) => false,
+                        };
                         (path, is_dir)
                     })
                     .collect()
@@ -589,6 +599,7 @@ pub fn folder_kind(dir: &Path) -> FolderKind {
         || top
             .iter()
             .filter(|(p, is_dir)| *is_dir && !is_hidden(p))
+            .take(FOLDER_KIND_SUBFOLDERS)
             .any(|(p, _)| names(p).iter().any(is_label_dir))
     {
         return FolderKind::Datasets;
