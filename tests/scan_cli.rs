@@ -12,7 +12,7 @@ use sfam_studio::engine::table::CSV_HEADER;
 
 mod common;
 
-use common::{root, s, sfam, text, tiny};
+use common::{fails_with, root, s, sfam, text, tiny};
 
 fn scan(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
     let model = tiny();
@@ -284,35 +284,24 @@ fn scans_that_cannot_proceed_exit_non_zero_with_a_reason() {
     let out = dir.path().join("faces.csv");
     let tiny = tiny();
 
-    let o = sfam(&["scan", s(&empty), "--out", s(&out), "--model", s(&tiny)]);
-    assert!(!o.status.success());
-    let stderr = text(&o.stderr);
-    assert!(stderr.contains("no images found in"), "{stderr}");
-    assert!(stderr.contains("no photos found"), "{stderr}");
+    let empty_scan = ["scan", s(&empty), "--out", s(&out), "--model", s(&tiny)];
+    fails_with(&empty_scan, "no images found in");
+    fails_with(&empty_scan, "no photos found");
 
     let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
-    let o = sfam(&[
-        "scan",
-        s(&photo),
-        "--out",
-        s(&dir.path().join("faces.txt")),
-        "--model",
-        s(&tiny),
-    ]);
-    assert!(!o.status.success());
-    assert!(text(&o.stderr).contains(".csv or .json"));
-
-    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--threshold", "1.5"]);
-    assert!(!o.status.success());
-    assert!(
-        text(&o.stderr).contains("between 0 and 1"),
-        "{}",
-        text(&o.stderr)
+    let txt = dir.path().join("faces.txt");
+    fails_with(
+        &["scan", s(&photo), "--out", s(&txt), "--model", s(&tiny)],
+        ".csv or .json",
     );
-
+    fails_with(
+        &["scan", s(&photo), "--out", s(&out), "--threshold", "1.5"],
+        "between 0 and 1",
+    );
     let missing = dir.path().join("no_model");
-    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&missing)]);
-    assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("no_model"));
+    fails_with(
+        &["scan", s(&photo), "--out", s(&out), "--model", s(&missing)],
+        "no_model",
+    );
     assert!(!out.exists());
 }

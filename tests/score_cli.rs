@@ -13,7 +13,7 @@ use sfam_studio::data::scores::read_scores;
 
 mod common;
 
-use common::{root, s, sfam, text, tiny};
+use common::{fails_with, root, s, sfam, text, tiny};
 
 /// Scores `data` into `out` with the tiny model; the output, checked to
 /// have succeeded.
@@ -172,31 +172,22 @@ fn runs_that_cannot_proceed_exit_non_zero_with_a_reason() {
     let out = dir.path().join("s.csv");
     let tiny = tiny();
 
-    let o = sfam(&[
-        "score",
-        s(&data),
-        "--out",
-        s(&dir.path().join("s.txt")),
-        "--model",
-        s(&tiny),
-    ]);
-    assert!(!o.status.success());
-    assert!(text(&o.stderr).contains(".csv or .json"));
-
+    let txt = dir.path().join("s.txt");
+    fails_with(
+        &["score", s(&data), "--out", s(&txt), "--model", s(&tiny)],
+        ".csv or .json",
+    );
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = sfam(&["score", s(&empty), "--out", s(&out), "--model", s(&tiny)]);
-    assert!(!o.status.success());
-    assert!(
-        text(&o.stderr).contains("no images found"),
-        "{}",
-        text(&o.stderr)
+    fails_with(
+        &["score", s(&empty), "--out", s(&out), "--model", s(&tiny)],
+        "no images found",
     );
-
     let missing = dir.path().join("no_model");
-    let o = sfam(&["score", s(&data), "--out", s(&out), "--model", s(&missing)]);
-    assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("no_model"), "{}", text(&o.stderr));
+    fails_with(
+        &["score", s(&data), "--out", s(&out), "--model", s(&missing)],
+        "no_model",
+    );
 
     let o = sfam(&[
         "score",

@@ -32,3 +32,12 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs the binary and checks that it failed with `needle` in its
+/// standard error.
+pub fn fails_with(args: &[&str], needle: &str) {
+    let o = sfam(args);
+    let stderr = text(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded:\n{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+}
