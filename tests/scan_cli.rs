@@ -12,7 +12,7 @@ use sfam_studio::engine::table::CSV_HEADER;
 
 mod common;
 
-use common::{fails_with, root, s, sfam, text, tiny};
+use common::{fails_with, root, s, sfam, succeeds, text, tiny};
 
 fn scan(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
     let model = tiny();
@@ -20,15 +20,7 @@ fn scan(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
     args.extend(inputs.iter().map(|p| s(p)));
     args.extend(["--out", s(out), "--model", s(&model)]);
     args.extend_from_slice(extra);
-    let o = sfam(&args);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    assert!(!text(&o.stderr).contains("panicked"));
-    o
+    succeeds(&args)
 }
 
 /// A folder of photos as an analyst has one: a subfolder, a note, a

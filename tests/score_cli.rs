@@ -13,7 +13,7 @@ use sfam_studio::data::scores::read_scores;
 
 mod common;
 
-use common::{fails_with, root, s, sfam, text, tiny};
+use common::{fails_with, root, s, sfam, succeeds, text, tiny};
 
 /// Scores `data` into `out` with the tiny model; the output, checked to
 /// have succeeded.
@@ -21,14 +21,7 @@ fn score(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let model = tiny();
     let mut args = vec!["score", s(data), "--out", s(out), "--model", s(&model)];
     args.extend_from_slice(extra);
-    let o = sfam(&args);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    o
+    succeeds(&args)
 }
 
 /// The numbers `N computed, M from cache` of the summary.

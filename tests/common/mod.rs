@@ -41,3 +41,13 @@ pub fn fails_with(args: &[&str], needle: &str) {
     assert!(!o.status.success(), "{args:?} succeeded:\n{stderr}");
     assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
 }
+
+/// Runs the binary and checks that it succeeded without a panic; its
+/// output.
+pub fn succeeds(args: &[&str]) -> Output {
+    let o = sfam(args);
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    o
+}
