@@ -56,19 +56,18 @@ pub const FAKE_COLOR: Color32 = Color32::from_rgb(230, 110, 60);
 /// the binary was built from.
 #[must_use]
 pub fn bundled_model_dir() -> Option<PathBuf> {
-    let mut candidates = vec![PathBuf::from(BUNDLED_MODEL)];
+    bundled_path(BUNDLED_MODEL, |d| d.join(HEAD_CONFIG_FILE).is_file())
+}
+
+/// A bundled file or folder (`rel` to the project root) found where
+/// [`bundled_model_dir`] looks, the first that passes `ok`.
+pub fn bundled_path(rel: &str, ok: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from(rel)];
     if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(
-            exe.ancestors()
-                .skip(1)
-                .take(4)
-                .map(|a| a.join(BUNDLED_MODEL)),
-        );
+        candidates.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(rel)));
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL));
-    candidates
-        .into_iter()
-        .find(|d| d.join(HEAD_CONFIG_FILE).is_file())
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
+    candidates.into_iter().find(|d| ok(d))
 }
 
 /// A CLIP text tower with its tokenizer: what typing a prompt needs.

@@ -1,7 +1,9 @@
 //! The desktop app (eframe, wgpu renderer): the only module that knows
-//! egui. Two views: Inspect (analysts: one photo, its faces and why) and
-//! Datasets (researchers: score distributions and the Cross-AUC matrix).
-//! Everything slow runs in [`jobs`] on named worker threads.
+//! egui. Three views: Inspect (analysts: one photo, its faces and why),
+//! Datasets (researchers: score distributions and the Cross-AUC matrix)
+//! and Train (researchers: a detector trained on their own data, its
+//! curves per epoch). Everything slow runs in [`jobs`] on named worker
+//! threads.
 
 mod datasets;
 mod inspect;
@@ -12,6 +14,7 @@ mod scoring;
 #[cfg(test)]
 #[allow(clippy::float_cmp)]
 mod tests;
+mod training;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -26,6 +29,7 @@ use sfam_studio::metrics::{VideoAgg, evaluation_json, matrix_csv};
 
 pub use datasets::{DatasetsView, ModelInUse, Request};
 pub use inspect::InspectView;
+pub use training::{TrainForm, TrainView};
 
 /// Settings kept between runs (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +51,8 @@ pub struct Settings {
     pub inspect_threshold: f64,
     /// Photos without a detected face are used whole as tight face crops.
     pub tight_crops: bool,
+    /// The Train view's run settings.
+    pub train: TrainForm,
 }
 
 impl Default for Settings {
@@ -60,17 +66,20 @@ impl Default for Settings {
             model_dir: None,
             inspect_threshold: 0.5,
             tight_crops: true,
+            train: TrainForm::default(),
         }
     }
 }
 
-/// The two views.
+/// The views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum View {
     /// One photo: faces, scores, explanations.
     Inspect,
     /// Many datasets: distributions and Cross-AUC.
     Datasets,
+    /// Training a detector on datasets.
+    Train,
 }
 
 const SETTINGS_KEY: &str = "sfam-studio-settings";
@@ -97,6 +106,14 @@ enum DialogKind {
     ExportFaceJson,
     ExportFaceTable,
     SaveScores,
+    /// A data folder for training.
+    TrainData,
+    /// A training run's output folder.
+    TrainOut,
+    /// The CLIP model folder to train on.
+    TrainClip,
+    /// A training run folder to follow.
+    FollowRun,
 }
 
 /// The application.
@@ -107,6 +124,8 @@ pub struct SfamApp {
     pub datasets: DatasetsView,
     /// The inspect view.
     pub inspect: InspectView,
+    /// The train view.
+    pub training: TrainView,
     /// Errors shown to the user (each once, until dismissed).
     pub errors: Vec<String>,
     /// The last informational message (e.g. "saved ...").
@@ -126,6 +145,7 @@ impl SfamApp {
             settings,
             datasets: DatasetsView::default(),
             inspect: InspectView::default(),
+            training: TrainView::default(),
             errors: Vec::new(),
             status: None,
             events_tx,
@@ -217,6 +237,37 @@ impl SfamApp {
         }
     }
 
+    /// Adds a data folder to the Train view's run.
+    pub fn add_train_root(&mut self, path: PathBuf) {
+        let roots = &mut self.settings.train.roots;
+        if !roots.contains(&path) {
+            roots.push(path);
+        }
+        self.settings.view = View::Train;
+    }
+
+    /// Shows a training run folder's curves in the Train view, read again
+    /// as it grows.
+    pub fn follow_run(&mut self, dir: PathBuf) {
+        self.settings.view = View::Train;
+        if self.training.training() {
+            self.errors
+                .push("a run is training here; stop it before following another".into());
+            return;
+        }
+        self.training.follow(dir, self.repaint.clone());
+    }
+
+    /// Starts (or resumes) the Train view's run.
+    pub fn start_training(&mut self) {
+        if let Err(e) = self
+            .training
+            .start(&self.settings.train, self.repaint.clone())
+        {
+            self.errors.push(e);
+        }
+    }
+
     /// Writes the last scoring run's score table (CSV, or JSON for a
     /// `.json` name) atomically, on a worker thread.
     pub fn save_scores(&mut self, path: PathBuf) {
@@ -239,6 +290,8 @@ impl SfamApp {
         let errors = self
             .inspect
             .poll(self.settings.tight_crops, self.repaint.as_ref());
+        self.errors.extend(errors);
+        let errors = self.training.poll(self.repaint.as_ref());
         self.errors.extend(errors);
         while let Ok(event) = self.events_rx.try_recv() {
             match event {
@@ -266,6 +319,10 @@ impl SfamApp {
                         DialogKind::ExportFaceJson => self.export_face_json(path),
                         DialogKind::ExportFaceTable => self.export_face_table(path),
                         DialogKind::SaveScores => self.save_scores(path),
+                        DialogKind::TrainData => self.add_train_root(path),
+                        DialogKind::TrainOut => self.settings.train.out = Some(path),
+                        DialogKind::TrainClip => self.settings.train.clip = Some(path),
+                        DialogKind::FollowRun => self.follow_run(path),
                     }
                 }
                 Event::Saved(Ok(path)) => self.status = Some(format!("saved {}", path.display())),
@@ -292,9 +349,13 @@ impl SfamApp {
                         .pick_file()
                         .into_iter()
                         .collect(),
-                    DialogKind::AddRoot | DialogKind::OpenImageFolder | DialogKind::ChooseModel => {
-                        d.pick_folder().into_iter().collect()
-                    }
+                    DialogKind::AddRoot
+                    | DialogKind::OpenImageFolder
+                    | DialogKind::ChooseModel
+                    | DialogKind::TrainData
+                    | DialogKind::TrainOut
+                    | DialogKind::TrainClip
+                    | DialogKind::FollowRun => d.pick_folder().into_iter().collect(),
                     DialogKind::ExportMatrix => d
                         .add_filter("CSV", &["csv"])
                         .add_filter("JSON", &["json"])
@@ -500,6 +561,12 @@ impl SfamApp {
                 ui.separator();
                 ui.selectable_value(&mut self.settings.view, View::Inspect, "Inspect");
                 ui.selectable_value(&mut self.settings.view, View::Datasets, "Datasets");
+                let train = if self.training.training() {
+                    "Train (running)"
+                } else {
+                    "Train"
+                };
+                ui.selectable_value(&mut self.settings.view, View::Train, train);
                 if self.settings.view == View::Datasets {
                     ui.separator();
                     ui.menu_button("Recent", |ui| {
@@ -585,7 +652,28 @@ impl SfamApp {
                     }
                 }
             }
+            View::Train => self.train_view(ui),
         });
+    }
+
+    /// The Train view, and what it asks for.
+    fn train_view(&mut self, ui: &mut Ui) {
+        let requests = self
+            .training
+            .ui(ui, &mut self.settings.train, &self.datasets.roots);
+        for r in requests {
+            match r {
+                training::Request::AddDataDialog => self.dialog(DialogKind::TrainData),
+                training::Request::ChooseOutDialog => self.dialog(DialogKind::TrainOut),
+                training::Request::ChooseClipDialog => self.dialog(DialogKind::TrainClip),
+                training::Request::FollowDialog => self.dialog(DialogKind::FollowRun),
+                training::Request::Start => self.start_training(),
+                training::Request::UseModel(dir) => {
+                    self.choose_model(Some(dir));
+                    self.settings.view = View::Inspect;
+                }
+            }
+        }
     }
 
     fn messages_ui(&mut self, ui: &mut Ui) {
@@ -608,7 +696,9 @@ impl SfamApp {
 
     /// Opens paths given on the command line or dropped on the window:
     /// photos open in Inspect, score tables in Datasets; a folder is a
-    /// folder of photos in Inspect, a dataset folder in Datasets.
+    /// folder of photos in Inspect, a dataset folder in Datasets, a
+    /// training run's folder in Train (where any other folder is data for
+    /// the next run).
     pub fn open_paths(&mut self, paths: Vec<PathBuf>) {
         let mut images = Vec::new();
         for p in paths {
@@ -618,11 +708,15 @@ impl SfamApp {
                 .map(str::to_ascii_lowercase);
             match ext.as_deref() {
                 Some("csv" | "json") => self.open_scores(p),
+                // A training run's folder, in any view, shows its curves;
+                // another folder dropped on the Train view is data for it.
+                _ if p.is_dir() && training::is_run_folder(&p) => self.follow_run(p),
+                _ if p.is_dir() && self.settings.view == View::Train => self.add_train_root(p),
                 // A dataset layout goes to Datasets and a folder of photos
                 // to Inspect, whichever view is shown; an undecided folder
                 // (photos only in subfolders, say) to the view shown.
                 _ if p.is_dir() => match (folder_kind(&p), self.settings.view) {
-                    (FolderKind::Datasets, _) | (FolderKind::Unknown, View::Datasets) => {
+                    (FolderKind::Datasets, _) | (FolderKind::Unknown, View::Datasets | View::Train) => {
                         self.add_root(p);
                     }
                     (FolderKind::Photos, _) | (FolderKind::Unknown, View::Inspect) => {

@@ -854,3 +854,220 @@ fn frame_time_while_a_dataset_scores() {
         frames[n - 1]
     );
 }
+
+/// Steps the UI until `done` holds, for up to `limit`.
+fn step_until_within(
+    h: &mut Harness<'_, SfamApp>,
+    limit: Duration,
+    done: impl Fn(&SfamApp) -> bool,
+) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(start.elapsed() < limit, "the worker never finished");
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.run_steps(3);
+}
+
+/// `<tmp>/<domain>/{real,fake}/` from the bundled sample faces
+/// (`assets/samples/<domain>_<label>_<name>`).
+fn sample_datasets() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("assets/samples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (domain, rest) = ["ffhq_stylegan2", "ciplab", "dfdc"]
+            .iter()
+            .find_map(|d| name.strip_prefix(&format!("{d}_")).map(|r| (*d, r)))
+            .unwrap();
+        let (label, file) = rest.split_once('_').unwrap();
+        let to = dir.path().join(domain).join(label);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(&path, to.join(file)).unwrap();
+    }
+    dir
+}
+
+/// The whole of a researcher's training in the Train view: start, watch
+/// epochs arrive, stop (the checkpoint stays), start again (it resumes),
+/// finish, and use the best model in Inspect.
+#[test]
+fn train_view_trains_stops_resumes_and_hands_over_its_model() {
+    use sfam_studio::train::best_epoch;
+    let data = sample_datasets();
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let mut settings = Settings {
+        view: View::Train,
+        ..Settings::default()
+    };
+    settings.train = super::TrainForm {
+        roots: vec![data.path().to_path_buf()],
+        out: Some(run.clone()),
+        train_blocks: 1,
+        probe_epochs: 1,
+        epochs: 4,
+        batch: 8,
+        samples_per_epoch: 16,
+        dim: 16,
+        val_fraction: 0.4,
+        ..super::TrainForm::recipe()
+    };
+    let mut h = harness(SfamApp::new(settings, None));
+    h.run_steps(2);
+    // The terminal command of the same run is shown.
+    h.get_by_label_contains("sfam train --data");
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    assert!(h.state().training.training(), "{:?}", h.state().errors);
+    h.get_by_label("Train (running)");
+    let limit = Duration::from_mins(5);
+    step_until_within(&mut h, limit, |a| {
+        a.training.shown.as_ref().is_some_and(|s| !s.log.is_empty()) || !a.training.training()
+    });
+    h.get_by_label("Stop").click();
+    step_until_within(&mut h, limit, |a| !a.training.training());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let stopped = h.state().training.shown.as_ref().unwrap();
+    let done = stopped.log.len();
+    assert_eq!(stopped.outcome, Some(super::training::Outcome::Stopped));
+    assert!((1..5).contains(&done), "{done} epochs before the stop");
+    assert!(run.join("checkpoint/state.json").is_file());
+    h.get_by_label_contains(&format!("Stopped after epoch {done}"));
+
+    // Again: it resumes after the last finished epoch and runs to the end.
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    assert!(h.state().training.training(), "{:?}", h.state().errors);
+    step_until_within(&mut h, limit, |a| !a.training.training());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let s = h.state().training.shown.as_ref().unwrap();
+    assert!(
+        s.messages
+            .iter()
+            .any(|m| m.starts_with(&format!("resumed after epoch {done}"))),
+        "{:?}",
+        s.messages
+    );
+    assert_eq!(
+        s.log.iter().map(|l| l.epoch).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(s.log[0].stage, "probe");
+    // What the view shows is what the run wrote.
+    let written = sfam_studio::train::read_log(&run.join("train_log.csv")).unwrap();
+    assert_eq!(written.len(), 5);
+    for (a, b) in s.log.iter().zip(&written) {
+        assert_eq!((a.epoch, &a.stage), (b.epoch, &b.stage));
+        assert!((a.loss - b.loss).abs() < 1e-4, "{} {}", a.loss, b.loss);
+    }
+    let best = best_epoch(&written).unwrap();
+    let Some(super::training::Outcome::Finished {
+        best_epoch: finished_best,
+        best_dir,
+    }) = s.outcome.clone()
+    else {
+        panic!("not finished: {:?}", s.outcome);
+    };
+    assert_eq!(
+        (finished_best, best_dir.as_path()),
+        (best, run.join("best").as_path())
+    );
+    h.get_by_label_contains(&format!("best/ holds epoch {best}"));
+
+    // Its best model goes to Inspect.
+    h.get_by_label(&format!("Use its best model (epoch {best})"))
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.model_dir, Some(run.join("best")));
+    assert_eq!(h.state().settings.view, View::Inspect);
+
+    // Other settings into the same folder: refused, in the app's words,
+    // and the run there is left as it was.
+    let before = std::fs::read(run.join("train_log.csv")).unwrap();
+    h.state_mut().settings.view = View::Train;
+    h.state_mut().settings.train.seed = 2;
+    h.run_steps(2);
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    step_until_within(&mut h, limit, |a| !a.training.training());
+    let e = &h.state().errors;
+    assert!(
+        e.len() == 1 && e[0].contains("written with other options; choose another output folder"),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::read(run.join("train_log.csv")).unwrap(), before);
+}
+
+#[test]
+fn train_view_follows_a_run_folder_as_it_grows() {
+    let run = tempfile::tempdir().unwrap();
+    let log = std::fs::read_to_string(fixture("models/default/train_log.csv")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    // The run so far: the probe stage and two fine-tuning epochs.
+    std::fs::write(run.path().join("train_log.csv"), lines[..15].join("\n")).unwrap();
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.training.reread_every = Duration::ZERO;
+    // Opened from the Datasets view (or `sfam --open RUN`): a run folder
+    // goes to Train.
+    assert_eq!(app.settings.view, View::Datasets);
+    app.open_paths(vec![run.path().to_path_buf()]);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.training.shown.as_ref().is_some_and(|s| s.log.len() == 14) || !a.errors.is_empty()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().settings.view, View::Train);
+    h.get_by_label_contains("Following");
+    h.get_by_label_contains("best/ holds epoch");
+    // No best/ folder here: nothing to hand to Inspect.
+    assert!(h.query_by_label_contains("Use its best model").is_none());
+    // The other process finishes its run.
+    std::fs::write(run.path().join("train_log.csv"), &log).unwrap();
+    step_until(&mut h, |a| {
+        a.training.shown.as_ref().is_some_and(|s| s.log.len() == 52)
+    });
+    h.get_by_label_contains("best/ holds epoch 48");
+    h.get_by_label("AUC ffhq_stylegan2");
+
+    // A folder that is no run is said so, once.
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.follow_run(fixture("tests/fixtures/cli"));
+    let mut h = harness(app);
+    step_until(&mut h, |a| !a.errors.is_empty());
+    h.run_steps(5);
+    assert_eq!(h.state().errors.len(), 1, "{:?}", h.state().errors);
+    assert!(h.state().errors[0].contains("not a training run folder"));
+}
+
+#[test]
+fn train_view_says_what_is_missing_before_a_run_can_start() {
+    let settings = Settings {
+        view: View::Train,
+        ..Settings::default()
+    };
+    let mut h = harness(SfamApp::new(settings, None));
+    h.run_steps(2);
+    assert!(
+        h.get_by_label("Start training")
+            .accesskit_node()
+            .is_disabled()
+    );
+    h.state_mut().start_training();
+    h.run_steps(2);
+    let e = &h.state().errors;
+    assert!(
+        e.len() == 1 && e[0].contains("add at least one data folder"),
+        "{e:?}"
+    );
+    assert!(!h.state().training.training());
+    // A data folder dropped on the Train view is added to the run.
+    let data = sample_datasets();
+    h.state_mut().open_paths(vec![data.path().to_path_buf()]);
+    assert_eq!(h.state().settings.train.roots, [data.path().to_path_buf()]);
+    assert_eq!(h.state().settings.view, View::Train);
+}

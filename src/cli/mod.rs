@@ -9,7 +9,7 @@ mod faces;
 mod inspect;
 mod scan;
 mod score;
-mod train;
+pub(crate) mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,8 +29,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// With no subcommand: open these in the app at start (photos in
-    /// Inspect, score tables `.csv`/`.json` in Datasets; folders in the view
-    /// shown last).
+    /// Inspect, score tables `.csv`/`.json` in Datasets, a training run's
+    /// folder in Train; other folders by what they hold).
     #[arg(long, value_name = "PATH")]
     pub open: Vec<PathBuf>,
     /// With no subcommand: the SFAM model folder the app's Inspect view

@@ -131,7 +131,7 @@ pub struct Args {
 }
 
 /// The training options the arguments ask for.
-fn options(args: &Args) -> Result<TrainOptions> {
+pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
     let backbone = match args.backbone {
         BackboneKind::Faceres => BackboneChoice::FaceRes {
             weights: args.faceres.clone(),
