@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sfam_studio::model::DeviceSpec;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::train::{
-    BackboneChoice, EpochLog, LOG_FILE, TrainError, TrainEvent, TrainOptions, TrainSummary,
-    best_epoch, read_log, train,
+    BackboneChoice, EpochLog, LOG_FILE, SmoothedLoss, TrainError, TrainEvent, TrainOptions,
+    TrainSummary, best_epoch, read_log, train,
 };
 
 use super::inspect::bundled_path;
@@ -540,7 +540,7 @@ impl TrainView {
                 Ok(d) => d,
                 Err(e) => return Ended::Failed(e.to_string()),
             };
-            let mut smoothed: Option<f64> = None;
+            let mut smoothed = SmoothedLoss::default();
             // Never blocks the worker: a dropped row comes back with the
             // run's summary (a dropped message is lost).
             let send = |u: Update| {
@@ -561,8 +561,7 @@ impl TrainView {
                         steps,
                         loss,
                     } => {
-                        let s = smoothed.map_or(loss, |s| 0.95 * s + 0.05 * loss);
-                        smoothed = Some(s);
+                        let s = smoothed.add(loss);
                         #[allow(clippy::cast_precision_loss)]
                         let f = step as f32 / steps.max(1) as f32;
                         ctx.progress(

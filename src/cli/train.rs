@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use sfam_studio::model::DeviceSpec;
-use sfam_studio::train::{BackboneChoice, TrainEvent, TrainOptions, auc_line, train};
+use sfam_studio::train::{BackboneChoice, SmoothedLoss, TrainEvent, TrainOptions, auc_line, train};
 
 /// Which backbone to train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,7 +204,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             eprintln!("{m}");
         }
     };
-    let mut smoothed: Option<f64> = None;
+    let mut smoothed = SmoothedLoss::default();
     let cancel = AtomicBool::new(false);
     let summary = train(
         &opts,
@@ -217,8 +217,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 steps,
                 loss,
             } => {
-                let s = smoothed.map_or(loss, |s| 0.95 * s + 0.05 * loss);
-                smoothed = Some(s);
+                let s = smoothed.add(loss);
                 if step == 1 {
                     bar.set_length(steps as u64);
                     bar.reset();

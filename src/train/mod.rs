@@ -1000,6 +1000,21 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
     })
 }
 
+/// The loss a progress display shows: a moving average of the steps'
+/// losses (the newest weighs 0.05), so that one batch's noise does not
+/// hide the trend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmoothedLoss(Option<f64>);
+
+impl SmoothedLoss {
+    /// Adds a step's loss; the average so far.
+    pub fn add(&mut self, loss: f64) -> f64 {
+        let s = self.0.map_or(loss, |s| 0.95 * s + 0.05 * loss);
+        self.0 = Some(s);
+        s
+    }
+}
+
 /// The file name of a run's per-epoch log, in its output folder.
 pub const LOG_FILE: &str = "train_log.csv";
 
@@ -2151,6 +2166,14 @@ mod tests {
             val_auc_mean: mean,
             val_cross_auc: Some(0.625),
         }
+    }
+
+    #[test]
+    fn smoothed_loss_starts_at_the_first_step_and_moves_a_twentieth() {
+        let mut s = SmoothedLoss::default();
+        assert!((s.add(2.0) - 2.0).abs() < 1e-12);
+        assert!((s.add(1.0) - 1.95).abs() < 1e-12);
+        assert!((s.add(1.95) - 1.95).abs() < 1e-12);
     }
 
     #[test]
