@@ -114,6 +114,8 @@ enum DialogKind {
     TrainClip,
     /// A training run folder to follow.
     FollowRun,
+    /// A training run folder to compare with the one shown.
+    CompareRun,
 }
 
 /// The application.
@@ -323,6 +325,11 @@ impl SfamApp {
                         DialogKind::TrainOut => self.settings.train.out = Some(path),
                         DialogKind::TrainClip => self.settings.train.clip = Some(path),
                         DialogKind::FollowRun => self.follow_run(path),
+                        DialogKind::CompareRun => {
+                            if let Err(e) = self.training.compare_with(path, self.repaint.clone()) {
+                                self.errors.push(e);
+                            }
+                        }
                     }
                 }
                 Event::Saved(Ok(path)) => self.status = Some(format!("saved {}", path.display())),
@@ -355,7 +362,8 @@ impl SfamApp {
                     | DialogKind::TrainData
                     | DialogKind::TrainOut
                     | DialogKind::TrainClip
-                    | DialogKind::FollowRun => d.pick_folder().into_iter().collect(),
+                    | DialogKind::FollowRun
+                    | DialogKind::CompareRun => d.pick_folder().into_iter().collect(),
                     DialogKind::ExportMatrix => d
                         .add_filter("CSV", &["csv"])
                         .add_filter("JSON", &["json"])
@@ -667,6 +675,7 @@ impl SfamApp {
                 training::Request::ChooseOutDialog => self.dialog(DialogKind::TrainOut),
                 training::Request::ChooseClipDialog => self.dialog(DialogKind::TrainClip),
                 training::Request::FollowDialog => self.dialog(DialogKind::FollowRun),
+                training::Request::CompareDialog => self.dialog(DialogKind::CompareRun),
                 training::Request::Start => self.start_training(),
                 training::Request::UseModel(dir) => {
                     self.choose_model(Some(dir));
@@ -697,10 +706,12 @@ impl SfamApp {
     /// Opens paths given on the command line or dropped on the window:
     /// photos open in Inspect, score tables in Datasets; a folder is a
     /// folder of photos in Inspect, a dataset folder in Datasets, a
-    /// training run's folder in Train (where any other folder is data for
-    /// the next run).
+    /// training run's folder in Train (more than one: compared with the
+    /// first; in the Train view any other folder is data for the next
+    /// run).
     pub fn open_paths(&mut self, paths: Vec<PathBuf>) {
         let mut images = Vec::new();
+        let mut runs = 0;
         for p in paths {
             let ext = p
                 .extension()
@@ -710,7 +721,16 @@ impl SfamApp {
                 Some("csv" | "json") => self.open_scores(p),
                 // A training run's folder, in any view, shows its curves;
                 // another folder dropped on the Train view is data for it.
-                _ if p.is_dir() && training::is_run_folder(&p) => self.follow_run(p),
+                // The first is followed, the others of the same batch
+                // drawn beside it.
+                _ if p.is_dir() && training::is_run_folder(&p) => {
+                    if runs == 0 {
+                        self.follow_run(p);
+                    } else if let Err(e) = self.training.compare_with(p, self.repaint.clone()) {
+                        self.errors.push(e);
+                    }
+                    runs += 1;
+                }
                 _ if p.is_dir() && self.settings.view == View::Train => self.add_train_root(p),
                 // A dataset layout goes to Datasets and a folder of photos
                 // to Inspect, whichever view is shown; an undecided folder

@@ -1071,3 +1071,114 @@ fn train_view_says_what_is_missing_before_a_run_can_start() {
     assert_eq!(h.state().settings.train.roots, [data.path().to_path_buf()]);
     assert_eq!(h.state().settings.view, View::Train);
 }
+
+#[test]
+#[ignore = "measurement: run with --ignored --nocapture"]
+fn frame_time_while_training() {
+    let data = sample_datasets();
+    let out = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        view: View::Train,
+        ..Settings::default()
+    };
+    settings.train = super::TrainForm {
+        roots: vec![data.path().to_path_buf()],
+        out: Some(out.path().join("run")),
+        train_blocks: 9,
+        probe_epochs: 1,
+        epochs: 3,
+        samples_per_epoch: 128,
+        val_fraction: 0.4,
+        ..super::TrainForm::recipe()
+    };
+    let mut h = harness(SfamApp::new(settings, None));
+    h.run_steps(2);
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    let mut frames = Vec::new();
+    let start = Instant::now();
+    while h.state().training.training() && start.elapsed() < Duration::from_mins(1) {
+        let t = Instant::now();
+        h.step();
+        frames.push(t.elapsed());
+        // About 60 frames a second, as eframe would ask for them.
+        std::thread::sleep(Duration::from_millis(16).saturating_sub(t.elapsed()));
+    }
+    let epochs = h.state().training.shown.as_ref().map_or(0, |s| s.log.len());
+    if let Some(job) = &h.state().training.job {
+        job.cancel();
+    }
+    frames.sort();
+    let n = frames.len();
+    assert!(n > 10, "too few frames: {n}");
+    let mean = frames.iter().sum::<Duration>() / u32::try_from(n).unwrap();
+    eprintln!(
+        "{n} UI frames in {:?} of training ({epochs} epochs, 9 faceres blocks trained): mean {:?}, median {:?}, 95th percentile {:?}, worst {:?}",
+        start.elapsed(),
+        mean,
+        frames[n / 2],
+        frames[n * 95 / 100],
+        frames[n - 1]
+    );
+}
+
+#[test]
+fn train_view_compares_runs_in_its_table_and_curves() {
+    use super::training::RunSummary;
+    let log = std::fs::read_to_string(fixture("models/default/train_log.csv")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let runs = tempfile::tempdir().unwrap();
+    let (a, b) = (runs.path().join("card"), runs.path().join("shorter"));
+    for (dir, text) in [(&a, log.clone()), (&b, lines[..31].join("\n"))] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("train_log.csv"), text).unwrap();
+    }
+    // `sfam --open A B` (or both dropped): A followed, B beside it.
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.open_paths(vec![a.clone(), b.clone()]);
+    let mut h = harness(app);
+    step_until(&mut h, |x| {
+        x.training.shown.as_ref().is_some_and(|s| s.log.len() == 52)
+            && x.training.compared.len() == 1
+    });
+    h.get_by_label("Compare with a run...");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // Each run's line: the summary of its own log.
+    let names: Vec<String> = ["ciplab", "dfdc", "ffhq_stylegan2"]
+        .map(String::from)
+        .to_vec();
+    let full = RunSummary::new(
+        &sfam_studio::train::read_log(&a.join("train_log.csv")).unwrap(),
+        &names,
+    );
+    let short = RunSummary::new(
+        &sfam_studio::train::read_log(&b.join("train_log.csv")).unwrap(),
+        &names,
+    );
+    assert_eq!((full.best_epoch, short.epochs), (Some(48), 30));
+    for s in [&full, &short] {
+        let mean = format!("{:.3}", s.last[3].unwrap());
+        assert!(h.query_all_by_label(&mean).count() >= 1, "no {mean}");
+    }
+    h.get_by_label("card");
+    h.get_by_label("shorter");
+    // The same run twice, and a folder that is no run, are refused.
+    let e = h
+        .state_mut()
+        .training
+        .compare_with(b.clone(), None)
+        .unwrap_err();
+    assert!(e.contains("shown already"), "{e}");
+    h.state_mut()
+        .training
+        .compare_with(fixture("tests/fixtures/cli"), None)
+        .unwrap();
+    step_until(&mut h, |x| !x.errors.is_empty());
+    assert!(h.state().errors[0].contains("not a training run folder"));
+    assert_eq!(h.state().training.compared.len(), 1);
+    // Removed from the table.
+    h.get_by_label("remove").click();
+    h.run_steps(2);
+    assert!(h.state().training.compared.is_empty());
+    assert!(h.query_by_label("shorter").is_none());
+}

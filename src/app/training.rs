@@ -465,16 +465,90 @@ pub enum Request {
     ChooseClipDialog,
     /// Pick a run folder to follow.
     FollowDialog,
+    /// Pick a run folder to compare with the one shown.
+    CompareDialog,
     /// Start (or resume) the run of the form.
     Start,
     /// Use this model folder in Inspect and for scoring.
     UseModel(PathBuf),
 }
 
+/// Another run drawn beside the one shown, to compare.
+pub struct ComparedRun {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its epochs (as read when it was added).
+    pub log: Vec<EpochLog>,
+}
+
+/// Epochs averaged in the runs table ("last 10 epochs"): one epoch's
+/// validation AUC swings by a few hundredths, an average of the last ten
+/// compares runs better than their best epochs do.
+pub const LAST_EPOCHS: usize = 10;
+
+/// A run's line in the runs table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Epochs done.
+    pub epochs: usize,
+    /// The epoch `best/` holds.
+    pub best_epoch: Option<usize>,
+    /// That epoch's AUC per dataset (in the order asked), then the mean.
+    pub best: Vec<Option<f64>>,
+    /// Epochs averaged for `last` (up to [`LAST_EPOCHS`]).
+    pub last_n: usize,
+    /// The AUC per dataset, then the mean, averaged over the last epochs
+    /// (over those where it is defined).
+    pub last: Vec<Option<f64>>,
+}
+
+impl RunSummary {
+    /// The summary of `log` for the datasets `names`.
+    #[must_use]
+    pub fn new(log: &[EpochLog], names: &[String]) -> Self {
+        let value = |l: &EpochLog, k: usize| match names.get(k) {
+            Some(n) => l.val_auc.iter().find(|(m, _)| m == n).and_then(|(_, a)| *a),
+            None => l.val_auc_mean,
+        };
+        let best_epoch = best_epoch(log);
+        let row = log.iter().find(|l| Some(l.epoch) == best_epoch);
+        let best = (0..=names.len())
+            .map(|k| row.and_then(|r| value(r, k)))
+            .collect();
+        let tail = &log[log.len().saturating_sub(LAST_EPOCHS)..];
+        let last = (0..=names.len())
+            .map(|k| {
+                let v: Vec<f64> = tail.iter().filter_map(|l| value(l, k)).collect();
+                #[allow(clippy::cast_precision_loss)]
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            })
+            .collect();
+        Self {
+            epochs: log.len(),
+            best_epoch,
+            best,
+            last_n: tail.len(),
+            last,
+        }
+    }
+}
+
+/// The name a run goes by in legends and tables: its folder's name.
+fn run_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// The Train view.
 pub struct TrainView {
     /// The run shown.
     pub shown: Option<RunShown>,
+    /// Runs drawn beside it.
+    pub compared: Vec<ComparedRun>,
+    /// Reads of runs to compare.
+    compare_jobs: Vec<Job<(PathBuf, Result<RunFiles, String>)>>,
     /// The training worker.
     pub job: Option<Job<Ended>>,
     updates: Option<Receiver<Update>>,
@@ -492,6 +566,8 @@ impl Default for TrainView {
     fn default() -> Self {
         Self {
             shown: None,
+            compared: Vec::new(),
+            compare_jobs: Vec::new(),
             job: None,
             updates: None,
             read_job: None,
@@ -607,6 +683,28 @@ impl TrainView {
         self.read(repaint);
     }
 
+    /// Reads a run folder to draw beside the one shown.
+    ///
+    /// # Errors
+    /// The run is shown or compared already, or no thread.
+    pub fn compare_with(
+        &mut self,
+        dir: PathBuf,
+        repaint: Option<egui::Context>,
+    ) -> Result<(), String> {
+        let taken = self.shown.as_ref().is_some_and(|s| s.dir == dir)
+            || self.compared.iter().any(|c| c.dir == dir);
+        if taken {
+            return Err(format!("{} is shown already", dir.display()));
+        }
+        let job = Job::spawn("read-run", "reading a run", repaint, move |_| {
+            let files = read_run(&dir, true);
+            (dir, files)
+        })?;
+        self.compare_jobs.push(job);
+        Ok(())
+    }
+
     /// Starts a read of the shown run's folder unless one is running.
     fn read(&mut self, repaint: Option<egui::Context>) {
         let Some(s) = &self.shown else {
@@ -702,6 +800,7 @@ impl TrainView {
                 }
             }
         }
+        self.poll_compared(&mut errors);
         let due = self
             .last_read
             .is_none_or(|t| t.elapsed() >= self.reread_every);
@@ -709,6 +808,33 @@ impl TrainView {
             self.read(repaint.cloned());
         }
         errors
+    }
+
+    /// Drains the reads of runs to compare.
+    fn poll_compared(&mut self, errors: &mut Vec<String>) {
+        let compared = &mut self.compared;
+        self.compare_jobs.retain_mut(|job| match job.poll() {
+            None => true,
+            Some(Ok((dir, Ok(files)))) => {
+                if files.log.is_empty() {
+                    errors.push(format!(
+                        "no epoch finished yet in {}: nothing to compare",
+                        dir.display()
+                    ));
+                } else {
+                    compared.push(ComparedRun {
+                        dir,
+                        log: files.log,
+                    });
+                }
+                false
+            }
+            Some(Ok((_, Err(e)))) => {
+                errors.push(e);
+                false
+            }
+            Some(Err(())) => false,
+        });
     }
 
     /// Draws the view; what it asks of the app.
@@ -799,7 +925,19 @@ impl TrainView {
             });
         ui.separator();
         match &self.shown {
-            Some(s) if !s.log.is_empty() => run_ui(ui, s),
+            Some(s) if !s.log.is_empty() => {
+                let compare = ui
+                    .button("Compare with a run...")
+                    .on_hover_text(
+                        "draw another run folder's validation AUC beside this one, \
+                         and add it to the runs table",
+                    )
+                    .clicked();
+                if compare {
+                    requests.push(Request::CompareDialog);
+                }
+                run_ui(ui, s, &mut self.compared);
+            }
             Some(s) => {
                 ui.label(format!("{}: no epoch finished yet", s.dir.display()));
                 messages_ui(ui, s);
@@ -1157,21 +1295,29 @@ fn series(log: &[EpochLog], value: impl Fn(&EpochLog) -> Option<f64>) -> PlotPoi
     PlotPoints::from(pts)
 }
 
-fn run_ui(ui: &mut Ui, s: &RunShown) {
+fn run_ui(ui: &mut Ui, s: &RunShown, compared: &mut Vec<ComparedRun>) {
     let best = best_epoch(&s.log);
     let names: Vec<String> = s
         .log
         .last()
         .map(|l| l.val_auc.iter().map(|(n, _)| n.clone()).collect())
         .unwrap_or_default();
-    curves_ui(ui, s, best, &names);
+    curves_ui(ui, s, best, &names, compared);
+    ui.separator();
+    runs_ui(ui, s, &names, compared);
     ui.separator();
     epochs_ui(ui, s, best, &names);
     messages_ui(ui, s);
 }
 
 /// The validation AUC and loss curves of a run.
-fn curves_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
+fn curves_ui(
+    ui: &mut Ui,
+    s: &RunShown,
+    best: Option<usize>,
+    names: &[String],
+    compared: &[ComparedRun],
+) {
     let last_probe = s
         .log
         .iter()
@@ -1193,6 +1339,14 @@ fn curves_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
             p.vline(VLine::new(format!("best epoch {b}"), b as f64).color(Color32::from_gray(200)));
         }
     };
+    #[allow(clippy::cast_precision_loss)]
+    let last_epoch = s
+        .log
+        .iter()
+        .chain(compared.iter().flat_map(|c| &c.log))
+        .map(|l| l.epoch)
+        .max()
+        .unwrap_or(1) as f64;
     let top_loss = s
         .log
         .iter()
@@ -1208,6 +1362,12 @@ fn curves_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
             .y_axis_label("AUC")
             .include_y(0.4)
             .include_y(1.0)
+            // Compared runs lengthen the legend: room for it on the right.
+            .include_x(if compared.is_empty() {
+                0.0
+            } else {
+                last_epoch * 1.5
+            })
             .show(&mut cols[0], |p| {
                 for (k, n) in names.iter().enumerate() {
                     let line = Line::new(
@@ -1232,6 +1392,9 @@ fn curves_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
                     .color(Color32::from_gray(160))
                     .style(LineStyle::dashed_dense()),
                 );
+                for (j, c) in compared.iter().enumerate() {
+                    compared_lines(p, c, names, COMPARED_STYLES[j % COMPARED_STYLES.len()]);
+                }
                 marks(p);
             });
         cols[1].strong("Training loss per epoch (mean over its steps)");
@@ -1315,6 +1478,93 @@ fn epochs_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
         });
 }
 
+/// Line styles of compared runs, in turn.
+const COMPARED_STYLES: [LineStyle; 3] = [
+    LineStyle::Dashed { length: 10.0 },
+    LineStyle::Dotted { spacing: 5.0 },
+    LineStyle::Dashed { length: 4.0 },
+];
+
+/// A compared run's validation AUC per dataset (the shown run's colours)
+/// and its mean, in `style`.
+fn compared_lines(
+    p: &mut egui_plot::PlotUi<'_>,
+    c: &ComparedRun,
+    names: &[String],
+    style: LineStyle,
+) {
+    let name = run_name(&c.dir);
+    for (k, n) in names.iter().enumerate() {
+        p.line(
+            Line::new(
+                format!("{name} · {n}"),
+                series(&c.log, |l| {
+                    l.val_auc.iter().find(|(m, _)| m == n).and_then(|(_, a)| *a)
+                }),
+            )
+            .color(PALETTE[k % PALETTE.len()])
+            .style(style),
+        );
+    }
+    p.line(
+        Line::new(format!("{name} · mean"), series(&c.log, |l| l.val_auc_mean))
+            .color(Color32::WHITE)
+            .style(style),
+    );
+}
+
+/// The runs table: the shown run and the compared ones — epochs, the
+/// best epoch's validation AUC, and the average of the last epochs'.
+fn runs_ui(ui: &mut Ui, s: &RunShown, names: &[String], compared: &mut Vec<ComparedRun>) {
+    ui.strong(format!(
+        "Runs: validation AUC at the best epoch and averaged over the last {LAST_EPOCHS} epochs"
+    ));
+    let mut remove = None;
+    egui::Grid::new("train_runs").striped(true).show(ui, |ui| {
+        for h in ["run", "epochs", "best epoch"] {
+            ui.strong(h);
+        }
+        for n in names {
+            ui.strong(format!("best {n}"));
+        }
+        ui.strong("best mean");
+        for n in names {
+            ui.strong(format!("last {n}"));
+        }
+        ui.strong("last mean");
+        ui.end_row();
+        let f = |v: &Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"));
+        let runs =
+            std::iter::once((&s.dir, &s.log)).chain(compared.iter().map(|c| (&c.dir, &c.log)));
+        for (j, (dir, log)) in runs.enumerate() {
+            let sum = RunSummary::new(log, names);
+            ui.horizontal(|ui| {
+                ui.label(run_name(dir))
+                    .on_hover_text(dir.display().to_string());
+                if j > 0 && ui.small_button("remove").clicked() {
+                    remove = Some(j - 1);
+                }
+            });
+            ui.label(sum.epochs.to_string());
+            ui.label(sum.best_epoch.map_or_else(|| "-".into(), |e| e.to_string()));
+            for v in &sum.best {
+                ui.label(f(v));
+            }
+            for v in &sum.last {
+                ui.label(f(v)).on_hover_text(format!(
+                    "epochs {}-{}",
+                    sum.epochs + 1 - sum.last_n,
+                    sum.epochs
+                ));
+            }
+            ui.end_row();
+        }
+    });
+    if let Some(j) = remove {
+        compared.remove(j);
+    }
+}
+
 fn messages_ui(ui: &mut Ui, s: &RunShown) {
     if s.messages.is_empty() {
         return;
@@ -1371,6 +1621,36 @@ mod tests {
             val_auc_mean: Some(0.7),
             val_cross_auc: Some(0.6),
         }
+    }
+
+    #[test]
+    fn run_summary_takes_the_best_epoch_and_the_last_ten() {
+        let mut log: Vec<EpochLog> = (1..=12).map(|e| row(e, "finetune", 1.0)).collect();
+        for (k, l) in log.iter_mut().enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            let a = 0.5 + 0.01 * k as f64;
+            l.val_auc = vec![
+                ("a".into(), Some(a)),
+                ("b".into(), (k != 11).then_some(0.9)),
+            ];
+            l.val_auc_mean = Some(a);
+        }
+        log[1].val_auc_mean = Some(0.99);
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let s = RunSummary::new(&log, &names);
+        assert_eq!((s.epochs, s.best_epoch, s.last_n), (12, Some(2), 10));
+        assert_eq!(s.best, [Some(0.51), Some(0.9), Some(0.99)]);
+        // Epochs 3..=12: a = 0.52..0.61; b undefined in epoch 12.
+        let near = |x: Option<f64>, y: f64| x.is_some_and(|x| (x - y).abs() < 1e-9);
+        assert!(near(s.last[0], 0.565), "{:?}", s.last);
+        assert!(near(s.last[1], 0.9), "{:?}", s.last);
+        // The mean column: 0.99 in epoch 2 is not among the last ten.
+        assert!(near(s.last[2], 0.565), "{:?}", s.last);
+        let short = RunSummary::new(&log[..3], &names);
+        assert_eq!((short.last_n, short.best_epoch), (3, Some(2)));
+        let none = RunSummary::new(&[], &names);
+        assert_eq!((none.epochs, none.best_epoch), (0, None));
+        assert_eq!(none.last, [None, None, None]);
     }
 
     #[test]
