@@ -1347,11 +1347,6 @@ fn curves_ui(
         .map(|l| l.epoch)
         .max()
         .unwrap_or(1) as f64;
-    let top_loss = s
-        .log
-        .iter()
-        .map(|l| l.loss.max(l.balance))
-        .fold(0.0, f64::max);
     ui.columns(2, |cols| {
         cols[0].strong("Validation AUC per epoch");
         Plot::new("train_auc")
@@ -1397,36 +1392,46 @@ fn curves_ui(
                 }
                 marks(p);
             });
-        cols[1].strong("Training loss per epoch (mean over its steps)");
-        Plot::new("train_loss")
-            .legend(Legend::default())
-            .height(260.0)
-            .allow_scroll(false)
-            .x_axis_label("epoch")
-            .y_axis_label("loss")
-            .include_y(0.0)
-            // Room above the curves for the legend.
-            .include_y(top_loss * 1.7)
-            .show(&mut cols[1], |p| {
-                let parts: [LossPart; 5] = [
-                    ("total", |l| l.loss),
-                    ("cross-entropy", |l| l.bce),
-                    ("alignment", |l| l.align),
-                    ("balance", |l| l.balance),
-                    ("region", |l| l.region),
-                ];
-                for (k, (name, f)) in parts.into_iter().enumerate() {
-                    let mut line = Line::new(name, series(&s.log, |l| Some(f(l))));
-                    line = if k == 0 {
-                        line.color(Color32::WHITE).width(2.0)
-                    } else {
-                        line.color(PALETTE[(k - 1) % PALETTE.len()])
-                    };
-                    p.line(line);
-                }
-                marks(p);
-            });
+        loss_plot(&mut cols[1], s, &marks);
     });
+}
+
+/// The losses per epoch.
+fn loss_plot(ui: &mut Ui, s: &RunShown, marks: &dyn Fn(&mut egui_plot::PlotUi<'_>)) {
+    let top_loss = s
+        .log
+        .iter()
+        .map(|l| l.loss.max(l.balance))
+        .fold(0.0, f64::max);
+    ui.strong("Training loss per epoch (mean over its steps)");
+    Plot::new("train_loss")
+        .legend(Legend::default())
+        .height(260.0)
+        .allow_scroll(false)
+        .x_axis_label("epoch")
+        .y_axis_label("loss")
+        .include_y(0.0)
+        // Room above the curves for the legend.
+        .include_y(top_loss * 1.7)
+        .show(ui, |p| {
+            let parts: [LossPart; 5] = [
+                ("total", |l| l.loss),
+                ("cross-entropy", |l| l.bce),
+                ("alignment", |l| l.align),
+                ("balance", |l| l.balance),
+                ("region", |l| l.region),
+            ];
+            for (k, (name, f)) in parts.into_iter().enumerate() {
+                let mut line = Line::new(name, series(&s.log, |l| Some(f(l))));
+                line = if k == 0 {
+                    line.color(Color32::WHITE).width(2.0)
+                } else {
+                    line.color(PALETTE[(k - 1) % PALETTE.len()])
+                };
+                p.line(line);
+            }
+            marks(p);
+        });
 }
 
 /// A run's epochs as a table, newest first, the best one in bold.
