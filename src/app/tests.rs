@@ -1124,7 +1124,7 @@ fn frame_time_while_training() {
 
 #[test]
 fn train_view_compares_runs_in_its_table_and_curves() {
-    use super::training::RunSummary;
+    use sfam_studio::train::RunSummary;
     let log = std::fs::read_to_string(fixture("models/default/train_log.csv")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     let runs = tempfile::tempdir().unwrap();

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sfam_studio::model::DeviceSpec;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::train::{
-    BackboneChoice, EpochLog, LOG_FILE, SmoothedLoss, TrainError, TrainEvent, TrainOptions,
-    TrainSummary, best_epoch, read_log, train,
+    BackboneChoice, EpochLog, LAST_EPOCHS, LOG_FILE, RunSummary, SmoothedLoss, TrainError,
+    TrainEvent, TrainOptions, TrainSummary, best_epoch, read_log, train,
 };
 
 use super::inspect::bundled_path;
@@ -479,58 +479,6 @@ pub struct ComparedRun {
     pub dir: PathBuf,
     /// Its epochs (as read when it was added).
     pub log: Vec<EpochLog>,
-}
-
-/// Epochs averaged in the runs table ("last 10 epochs"): one epoch's
-/// validation AUC swings by a few hundredths, an average of the last ten
-/// compares runs better than their best epochs do.
-pub const LAST_EPOCHS: usize = 10;
-
-/// A run's line in the runs table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunSummary {
-    /// Epochs done.
-    pub epochs: usize,
-    /// The epoch `best/` holds.
-    pub best_epoch: Option<usize>,
-    /// That epoch's AUC per dataset (in the order asked), then the mean.
-    pub best: Vec<Option<f64>>,
-    /// Epochs averaged for `last` (up to [`LAST_EPOCHS`]).
-    pub last_n: usize,
-    /// The AUC per dataset, then the mean, averaged over the last epochs
-    /// (over those where it is defined).
-    pub last: Vec<Option<f64>>,
-}
-
-impl RunSummary {
-    /// The summary of `log` for the datasets `names`.
-    #[must_use]
-    pub fn new(log: &[EpochLog], names: &[String]) -> Self {
-        let value = |l: &EpochLog, k: usize| match names.get(k) {
-            Some(n) => l.val_auc.iter().find(|(m, _)| m == n).and_then(|(_, a)| *a),
-            None => l.val_auc_mean,
-        };
-        let best_epoch = best_epoch(log);
-        let row = log.iter().find(|l| Some(l.epoch) == best_epoch);
-        let best = (0..=names.len())
-            .map(|k| row.and_then(|r| value(r, k)))
-            .collect();
-        let tail = &log[log.len().saturating_sub(LAST_EPOCHS)..];
-        let last = (0..=names.len())
-            .map(|k| {
-                let v: Vec<f64> = tail.iter().filter_map(|l| value(l, k)).collect();
-                #[allow(clippy::cast_precision_loss)]
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            })
-            .collect();
-        Self {
-            epochs: log.len(),
-            best_epoch,
-            best,
-            last_n: tail.len(),
-            last,
-        }
-    }
 }
 
 /// The name a run goes by in legends and tables: its folder's name.
@@ -1626,36 +1574,6 @@ mod tests {
             val_auc_mean: Some(0.7),
             val_cross_auc: Some(0.6),
         }
-    }
-
-    #[test]
-    fn run_summary_takes_the_best_epoch_and_the_last_ten() {
-        let mut log: Vec<EpochLog> = (1..=12).map(|e| row(e, "finetune", 1.0)).collect();
-        for (k, l) in log.iter_mut().enumerate() {
-            #[allow(clippy::cast_precision_loss)]
-            let a = 0.5 + 0.01 * k as f64;
-            l.val_auc = vec![
-                ("a".into(), Some(a)),
-                ("b".into(), (k != 11).then_some(0.9)),
-            ];
-            l.val_auc_mean = Some(a);
-        }
-        log[1].val_auc_mean = Some(0.99);
-        let names = vec!["a".to_owned(), "b".to_owned()];
-        let s = RunSummary::new(&log, &names);
-        assert_eq!((s.epochs, s.best_epoch, s.last_n), (12, Some(2), 10));
-        assert_eq!(s.best, [Some(0.51), Some(0.9), Some(0.99)]);
-        // Epochs 3..=12: a = 0.52..0.61; b undefined in epoch 12.
-        let near = |x: Option<f64>, y: f64| x.is_some_and(|x| (x - y).abs() < 1e-9);
-        assert!(near(s.last[0], 0.565), "{:?}", s.last);
-        assert!(near(s.last[1], 0.9), "{:?}", s.last);
-        // The mean column: 0.99 in epoch 2 is not among the last ten.
-        assert!(near(s.last[2], 0.565), "{:?}", s.last);
-        let short = RunSummary::new(&log[..3], &names);
-        assert_eq!((short.last_n, short.best_epoch), (3, Some(2)));
-        let none = RunSummary::new(&[], &names);
-        assert_eq!((none.epochs, none.best_epoch), (0, None));
-        assert_eq!(none.last, [None, None, None]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod datasets;
 mod embed;
 mod faces;
 mod inspect;
+mod runs;
 mod scan;
 mod score;
 pub(crate) mod train;
@@ -144,6 +145,16 @@ pub enum Command {
     /// that cannot be scored is reported (log, summary, FILE.errors.csv)
     /// and the run goes on.
     Scan(scan::Args),
+    /// Training runs in brief, side by side: each run's best epoch with its
+    /// validation AUC per dataset, and those averaged over its last epochs.
+    ///
+    /// RUN is a run folder (`sfam train --out DIR`; a model folder with
+    /// its `train_log.csv`, like models/default, works too) or a
+    /// `train_log.csv`. One epoch's AUC swings by a few hundredths from
+    /// the next: the average of the last ten compares runs better than
+    /// their best epochs do. The app's Train view shows the same table
+    /// beside the runs' curves.
+    Runs(runs::Args),
 }
 
 /// Output formats of the table-producing commands.
@@ -171,6 +182,7 @@ pub fn main() -> ExitCode {
         Some(Command::Train(args)) => train::run(&args),
         Some(Command::Score(args)) => score::run(&args),
         Some(Command::Scan(args)) => scan::run(&args),
+        Some(Command::Runs(args)) => runs::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,7 @@ pub mod average;
 pub mod data;
 pub mod net;
 pub mod optim;
+pub mod runlog;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ use augment::{
 };
 use data::{PreparedFace, RegionCode, Sample, Split};
 pub use net::{BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, FeatureStats, Features, TrainNet};
+pub use runlog::{LAST_EPOCHS, LOG_FILE, RunSummary, SmoothedLoss, best_epoch, read_log};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -998,145 +1000,6 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), TrainError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
-}
-
-/// The loss a progress display shows: a moving average of the steps'
-/// losses (the newest weighs 0.05), so that one batch's noise does not
-/// hide the trend.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmoothedLoss(Option<f64>);
-
-impl SmoothedLoss {
-    /// Adds a step's loss; the average so far.
-    pub fn add(&mut self, loss: f64) -> f64 {
-        let s = self.0.map_or(loss, |s| 0.95 * s + 0.05 * loss);
-        self.0 = Some(s);
-        s
-    }
-}
-
-/// The file name of a run's per-epoch log, in its output folder.
-pub const LOG_FILE: &str = "train_log.csv";
-
-/// Reads a run's `train_log.csv` (what [`train`] writes after every epoch):
-/// one [`EpochLog`] per row, the datasets' AUC columns in file order, an
-/// empty cell as undefined.
-///
-/// # Errors
-/// [`TrainError::Io`] when the file cannot be read, [`TrainError::Data`]
-/// for a file that is not such a log (the row or column named).
-pub fn read_log(path: &Path) -> Result<Vec<EpochLog>, TrainError> {
-    let data = |message: String| TrainError::Data {
-        path: path.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let mut reader = csv::Reader::from_reader(text.as_slice());
-    let headers = reader
-        .headers()
-        .map_err(|e| data(format!("not a training log: {e}")))?
-        .clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| data(format!("not a training log: no column {name}")))
-    };
-    let [
-        epoch,
-        stage,
-        seconds,
-        loss,
-        bce,
-        align,
-        balance,
-        region,
-        mean,
-        cross,
-    ] = [
-        "epoch",
-        "stage",
-        "seconds",
-        "loss",
-        "bce",
-        "align",
-        "balance",
-        "region",
-        "val_auc_mean",
-        "val_cross_auc",
-    ]
-    .map(column);
-    // In that order: the first column missing is the one named.
-    let (epoch, stage, seconds, loss, bce, align, balance, region, mean, cross) = (
-        epoch?, stage?, seconds?, loss?, bce?, align?, balance?, region?, mean?, cross?,
-    );
-    let datasets: Vec<(usize, String)> = headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| Some((i, h.strip_prefix("val_auc_")?.to_owned())))
-        .filter(|(_, n)| n != "mean")
-        .collect();
-    let mut log = Vec::new();
-    for (k, row) in reader.records().enumerate() {
-        let line = k + 2;
-        let row = row.map_err(|e| data(format!("line {line}: {e}")))?;
-        let cell = |i: usize| row.get(i).unwrap_or("").trim();
-        let number = |i: usize| -> Result<f64, TrainError> {
-            cell(i).parse::<f64>().map_err(|_| {
-                data(format!(
-                    "line {line}, column {}: not a number: {:?}",
-                    &headers[i],
-                    cell(i)
-                ))
-            })
-        };
-        let optional = |i: usize| -> Result<Option<f64>, TrainError> {
-            if cell(i).is_empty() {
-                Ok(None)
-            } else {
-                number(i).map(Some)
-            }
-        };
-        log.push(EpochLog {
-            epoch: cell(epoch).parse().map_err(|_| {
-                data(format!(
-                    "line {line}: not an epoch number: {:?}",
-                    cell(epoch)
-                ))
-            })?,
-            stage: cell(stage).to_owned(),
-            seconds: number(seconds)?,
-            loss: number(loss)?,
-            bce: number(bce)?,
-            align: number(align)?,
-            balance: number(balance)?,
-            region: number(region)?,
-            val_auc: datasets
-                .iter()
-                .map(|(i, n)| Ok((n.clone(), optional(*i)?)))
-                .collect::<Result<_, TrainError>>()?,
-            val_auc_mean: optional(mean)?,
-            val_cross_auc: optional(cross)?,
-        });
-    }
-    Ok(log)
-}
-
-/// The epoch whose model `best/` holds: the first with the highest mean
-/// validation AUC (an undefined mean counts lowest), as [`train`] picks it.
-#[must_use]
-pub fn best_epoch(log: &[EpochLog]) -> Option<usize> {
-    let mut best: Option<(usize, f64)> = None;
-    for row in log {
-        let m = row.val_auc_mean.unwrap_or(f64::NEG_INFINITY);
-        if best.is_none_or(|(_, b)| m > b) {
-            best = Some((row.epoch, m));
-        }
-    }
-    best.map(|(e, _)| e)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
@@ -2151,84 +2014,6 @@ impl FeatureBank {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(epoch: usize, mean: Option<f64>, a: Option<f64>) -> EpochLog {
-        EpochLog {
-            epoch,
-            stage: if epoch == 1 { "probe" } else { "finetune" }.into(),
-            seconds: 12.5,
-            loss: 1.25,
-            bce: 0.5,
-            align: 0.25,
-            balance: 1.0,
-            region: 0.125,
-            val_auc: vec![("a".into(), a), ("b_c".into(), Some(0.75))],
-            val_auc_mean: mean,
-            val_cross_auc: Some(0.625),
-        }
-    }
-
-    #[test]
-    fn smoothed_loss_starts_at_the_first_step_and_moves_a_twentieth() {
-        let mut s = SmoothedLoss::default();
-        assert!((s.add(2.0) - 2.0).abs() < 1e-12);
-        assert!((s.add(1.0) - 1.95).abs() < 1e-12);
-        assert!((s.add(1.95) - 1.95).abs() < 1e-12);
-    }
-
-    #[test]
-    fn training_log_reads_back_what_was_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE);
-        let log = vec![
-            row(1, None, None),
-            row(2, Some(0.8125), Some(0.875)),
-            row(3, Some(0.875), Some(1.0)),
-            row(4, Some(0.875), Some(1.0)),
-        ];
-        write_log(&path, &log).unwrap();
-        assert_eq!(read_log(&path).unwrap(), log);
-        // The first of equal means, after an undefined one.
-        assert_eq!(best_epoch(&log), Some(3));
-        assert_eq!(best_epoch(&log[..1]), Some(1));
-        assert_eq!(best_epoch(&[]), None);
-    }
-
-    #[test]
-    fn bundled_models_log_reads_and_names_its_best_epoch() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/train_log.csv");
-        let log = read_log(&path).unwrap();
-        assert_eq!(log.len(), 52);
-        let names: Vec<&str> = log[0].val_auc.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["ciplab", "dfdc", "ffhq_stylegan2"]);
-        assert_eq!(log[11].stage, "probe");
-        assert_eq!(log[12].stage, "finetune");
-        // The card's model is epoch 48.
-        assert_eq!(best_epoch(&log), Some(48));
-    }
-
-    #[test]
-    fn training_log_errors_name_the_file_and_the_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.csv");
-        let missing = read_log(&path).unwrap_err();
-        assert!(matches!(missing, TrainError::Io { .. }), "{missing}");
-        std::fs::write(&path, "path,dataset,label,score\na.jpg,x,real,0.5\n").unwrap();
-        let e = read_log(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("no column epoch") && e.contains("log.csv"),
-            "{e}"
-        );
-        std::fs::write(
-            &path,
-            "epoch,stage,seconds,loss,bce,align,balance,region,val_auc_a,val_auc_mean,val_cross_auc\n\
-             1,probe,1.0,1.0,0.5,0.2,1.0,0.1,0.7,0.7,0.6\n\
-             2,finetune,1.0,oops,0.5,0.2,1.0,0.1,0.7,0.7,0.6\n",
-        )
-        .unwrap();
-        let e = read_log(&path).unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("loss"), "{e}");
-    }
 
     #[test]
     fn learning_rate_warms_up_then_decays() {
