@@ -915,6 +915,7 @@ fn train_view_trains_stops_resumes_and_hands_over_its_model() {
         samples_per_epoch: 16,
         dim: 16,
         val_fraction: 0.4,
+        average_last: 2,
         ..super::TrainForm::recipe()
     };
     let mut h = harness(SfamApp::new(settings, None));
@@ -978,6 +979,9 @@ fn train_view_trains_stops_resumes_and_hands_over_its_model() {
         (best, run.join("best").as_path())
     );
     h.get_by_label_contains(&format!("best/ holds epoch {best}"));
+    // --average-last 2: the last two epochs' weights averaged, offered too.
+    assert!(run.join("average/sfam_head.json").is_file());
+    h.get_by_label("Use its averaged model");
 
     // Its best model goes to Inspect.
     h.get_by_label(&format!("Use its best model (epoch {best})"))

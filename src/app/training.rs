@@ -86,6 +86,24 @@ pub struct TrainForm {
     pub seed: u64,
     /// Compute device (`cpu`, `cuda`, `cuda:N`, `metal`).
     pub device: String,
+    /// Versions of each training face cached for the probe epochs.
+    pub probe_views: usize,
+    /// The trained backbone blocks' share of the learning rate.
+    pub backbone_lr_ratio: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Dropout of the head's inputs.
+    pub dropout: f64,
+    /// Experts per region.
+    pub experts: usize,
+    /// Probability of a geometric jitter.
+    pub jitter: f64,
+    /// Probability that a self-blended fake takes a donor face.
+    pub donor_blend: f64,
+    /// Also average the weights of the last this many epochs (0: off).
+    pub average_last: usize,
+    /// Datasets whose fakes are face swaps, comma-separated.
+    pub swap_fakes: String,
 }
 
 impl Default for TrainForm {
@@ -117,6 +135,15 @@ impl TrainForm {
             dim: 256,
             seed: 1,
             device: "cpu".into(),
+            probe_views: 2,
+            backbone_lr_ratio: 0.1,
+            weight_decay: 1e-4,
+            dropout: 0.0,
+            experts: 4,
+            jitter: 0.0,
+            donor_blend: 0.0,
+            average_last: 0,
+            swap_fakes: String::new(),
         }
     }
 
@@ -157,6 +184,16 @@ impl TrainForm {
             device: std::mem::take(&mut self.device),
             ..preset.clone()
         };
+    }
+
+    /// The face-swap datasets named in `swap_fakes`.
+    fn swap_list(&self) -> Vec<String> {
+        self.swap_fakes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// What is missing before a run can start, if anything.
@@ -204,13 +241,22 @@ impl TrainForm {
         o.batch = self.batch;
         o.samples_per_epoch = self.samples_per_epoch;
         o.lr = self.lr;
-        o.augment = o.augment.with_degradations(self.degradations);
         o.dim = self.dim;
         o.self_blend = self.self_blend;
         o.sampling_power = self.sampling_power;
         o.region_weight = self.region_weight;
         o.val_fraction = self.val_fraction;
         o.seed = self.seed;
+        o.probe_views = self.probe_views;
+        o.backbone_lr_ratio = self.backbone_lr_ratio;
+        o.weight_decay = self.weight_decay;
+        o.dropout = self.dropout;
+        o.experts = self.experts;
+        o.augment.jitter = self.jitter;
+        o.augment = o.augment.with_degradations(self.degradations);
+        o.donor_blend = self.donor_blend;
+        o.average_last = self.average_last;
+        o.swap_fakes = self.swap_list();
         o.resume = true;
         Ok((o, device))
     }
@@ -279,6 +325,19 @@ impl TrainForm {
         flag("dim", n(self.dim), n(d.dim));
         flag("seed", self.seed.to_string(), d.seed.to_string());
         flag("device", self.device.trim().to_owned(), d.device);
+        flag("probe-views", n(self.probe_views), n(d.probe_views));
+        flag(
+            "backbone-lr-ratio",
+            f(self.backbone_lr_ratio),
+            f(d.backbone_lr_ratio),
+        );
+        flag("weight-decay", f(self.weight_decay), f(d.weight_decay));
+        flag("dropout", f(self.dropout), f(d.dropout));
+        flag("experts", n(self.experts), n(d.experts));
+        flag("jitter", f(self.jitter), f(d.jitter));
+        flag("donor-blend", f(self.donor_blend), f(d.donor_blend));
+        flag("average-last", n(self.average_last), n(d.average_last));
+        flag("swap-fakes", self.swap_list().join(","), String::new());
         a
     }
 }
@@ -346,8 +405,17 @@ pub fn is_run_folder(dir: &Path) -> bool {
 pub struct RunFiles {
     /// Its `train_log.csv` (empty when no epoch has finished).
     pub log: Vec<EpochLog>,
-    /// Whether `best/` holds a model.
-    pub has_best: bool,
+    /// Its model folders.
+    pub models: RunModels,
+}
+
+/// Which model folders a run has written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunModels {
+    /// `best/`.
+    pub best: bool,
+    /// `average/` (`--average-last`).
+    pub average: bool,
 }
 
 /// Reads a run folder's log. `must_be_run`: a folder with neither a log
@@ -357,7 +425,10 @@ pub struct RunFiles {
 /// A folder that is not a run, a log that cannot be read.
 pub fn read_run(dir: &Path, must_be_run: bool) -> Result<RunFiles, String> {
     let log_path = dir.join(LOG_FILE);
-    let has_best = dir.join("best").join(HEAD_CONFIG_FILE).is_file();
+    let models = RunModels {
+        best: dir.join("best").join(HEAD_CONFIG_FILE).is_file(),
+        average: dir.join("average").join(HEAD_CONFIG_FILE).is_file(),
+    };
     let log = if log_path.is_file() {
         read_log(&log_path).map_err(|e| e.to_string())?
     } else if must_be_run && !dir.join("checkpoint").is_dir() {
@@ -368,7 +439,7 @@ pub fn read_run(dir: &Path, must_be_run: bool) -> Result<RunFiles, String> {
     } else {
         Vec::new()
     };
-    Ok(RunFiles { log, has_best })
+    Ok(RunFiles { log, models })
 }
 
 /// The run shown: trained here, or followed.
@@ -386,8 +457,8 @@ pub struct RunShown {
     pub total_epochs: Option<usize>,
     /// How a run trained here ended.
     pub outcome: Option<Outcome>,
-    /// Whether `best/` holds a model.
-    pub has_best: bool,
+    /// Its model folders.
+    pub models: RunModels,
     /// A followed run is read again (off after a failed read).
     following: bool,
 }
@@ -401,7 +472,7 @@ impl RunShown {
             live,
             total_epochs,
             outcome: None,
-            has_best: false,
+            models: RunModels::default(),
             following: !live,
         }
     }
@@ -680,7 +751,7 @@ impl TrainView {
                     Update::Message(m) => s.say(m),
                     Update::Epoch(row) => {
                         s.merge(vec![row]);
-                        s.has_best = true;
+                        s.models.best = true;
                     }
                 }
             }
@@ -702,7 +773,10 @@ impl TrainView {
                 let outcome = match result {
                     Ok(Ended::Done(summary)) => {
                         s.merge(summary.log.clone());
-                        s.has_best = true;
+                        s.models = RunModels {
+                            best: true,
+                            average: summary.average.is_some(),
+                        };
                         s.say(format!(
                             "finished: best epoch {}, model in {}",
                             summary.best_epoch,
@@ -738,7 +812,8 @@ impl TrainView {
                 match result {
                     Ok(Ok(files)) => {
                         s.merge(files.log);
-                        s.has_best |= files.has_best;
+                        s.models.best |= files.models.best;
+                        s.models.average |= files.models.average;
                     }
                     Ok(Err(e)) => {
                         s.following = false;
@@ -823,7 +898,7 @@ impl TrainView {
                 requests.push(Request::FollowDialog);
             }
             if let Some(s) = &self.shown
-                && s.has_best
+                && s.models.best
             {
                 let best = best_epoch(&s.log);
                 let text = best.map_or_else(
@@ -840,6 +915,18 @@ impl TrainView {
                 {
                     requests.push(Request::UseModel(s.dir.join("best")));
                 }
+            }
+            if let Some(s) = &self.shown
+                && s.models.average
+                && ui
+                    .button("Use its averaged model")
+                    .on_hover_text(format!(
+                        "{}: the weights of the last epochs averaged (--average-last)",
+                        s.dir.join("average").display()
+                    ))
+                    .clicked()
+            {
+                requests.push(Request::UseModel(s.dir.join("average")));
             }
         });
         if let Some(job) = &self.job {
@@ -1059,6 +1146,7 @@ fn form_ui(
             options_rows(ui, form);
             more_options_rows(ui, form);
         });
+    advanced_ui(ui, form);
     presets_ui(ui, form);
 }
 
@@ -1147,6 +1235,84 @@ fn options_rows(ui: &mut Ui, form: &mut TrainForm) {
 }
 
 /// The form's rows of losses, sampling, augmentation, validation and head.
+/// The rest of `sfam train`'s options, folded away by default (the
+/// presets set them to their defaults).
+fn advanced_ui(ui: &mut Ui, form: &mut TrainForm) {
+    egui::CollapsingHeader::new("More options")
+        .default_open(false)
+        .show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                field(
+                    ui,
+                    "probe views",
+                    egui::DragValue::new(&mut form.probe_views).range(1..=16),
+                )
+                .on_hover_text("versions of each training face cached for the probe epochs");
+                field(
+                    ui,
+                    "backbone lr share",
+                    egui::DragValue::new(&mut form.backbone_lr_ratio)
+                        .range(0.0..=1.0)
+                        .speed(0.005),
+                );
+                field(
+                    ui,
+                    "weight decay",
+                    egui::DragValue::new(&mut form.weight_decay)
+                        .range(0.0..=1.0)
+                        .speed(1e-5)
+                        .max_decimals(6),
+                );
+                field(
+                    ui,
+                    "dropout",
+                    egui::DragValue::new(&mut form.dropout)
+                        .range(0.0..=0.9)
+                        .speed(0.01),
+                );
+                field(
+                    ui,
+                    "experts per region",
+                    egui::DragValue::new(&mut form.experts).range(1..=16),
+                );
+            });
+            ui.horizontal_wrapped(|ui| {
+                field(
+                    ui,
+                    "geometric jitter",
+                    egui::DragValue::new(&mut form.jitter)
+                        .range(0.0..=1.0)
+                        .speed(0.01),
+                )
+                .on_hover_text("probability of scale ±8 %, rotation ±8°, shift ±8 px");
+                field(
+                    ui,
+                    "donor blends",
+                    egui::DragValue::new(&mut form.donor_blend)
+                        .range(0.0..=1.0)
+                        .speed(0.01),
+                )
+                .on_hover_text("share of self-blended fakes blended with another real face");
+                field(
+                    ui,
+                    "average the last epochs",
+                    egui::DragValue::new(&mut form.average_last).range(0..=100),
+                )
+                .on_hover_text(
+                    "also write average/: the weights of the last K epochs averaged (0: off)",
+                );
+                field(
+                    ui,
+                    "face-swap datasets",
+                    egui::TextEdit::singleline(&mut form.swap_fakes).desired_width(120.0),
+                )
+                .on_hover_text(
+                    "comma-separated: their fakes get face-swap region labels and boundary targets",
+                );
+            });
+        });
+}
+
 fn more_options_rows(ui: &mut Ui, form: &mut TrainForm) {
     ui.label("Losses and sampling");
     ui.horizontal(|ui| {
@@ -1656,6 +1822,15 @@ mod tests {
             val_fraction: 0.25,
             dim: 64,
             seed: 42,
+            probe_views: 3,
+            backbone_lr_ratio: 0.05,
+            weight_decay: 1e-3,
+            dropout: 0.1,
+            experts: 3,
+            jitter: 0.5,
+            donor_blend: 0.25,
+            average_last: 5,
+            swap_fakes: " dfdc, other ,".into(),
             ..with_io(TrainForm::recipe())
         };
         let clip = TrainForm {
