@@ -1387,15 +1387,9 @@ fn field(ui: &mut Ui, label: &str, widget: impl egui::Widget) -> egui::Response 
     ui.add(widget).labelled_by(l.id)
 }
 
-/// Colours of the datasets' lines.
-const PALETTE: [Color32; 6] = [
-    Color32::from_rgb(60, 140, 220),
-    Color32::from_rgb(230, 110, 60),
-    Color32::from_rgb(90, 180, 90),
-    Color32::from_rgb(200, 90, 200),
-    Color32::from_rgb(220, 190, 60),
-    Color32::from_rgb(80, 200, 200),
-];
+/// Colours of the datasets' lines: the categorical palette (Tableau 10)
+/// of the region overlay.
+const PALETTE: &[Color32] = &super::overlay::REGION_COLORS;
 
 /// A loss curve: its name and its value in an epoch's row.
 type LossPart = (&'static str, fn(&EpochLog) -> f64);
