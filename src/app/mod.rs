@@ -135,6 +135,10 @@ pub struct SfamApp {
     events_tx: SyncSender<Event>,
     events_rx: Receiver<Event>,
     dialog_open: bool,
+    /// The window was asked to close while a run trains: the user is asked.
+    pub quit_asked: bool,
+    /// The user chose to stop the run and quit.
+    quit_confirmed: bool,
     repaint: Option<egui::Context>,
 }
 
@@ -153,6 +157,8 @@ impl SfamApp {
             events_tx,
             events_rx,
             dialog_open: false,
+            quit_asked: false,
+            quit_confirmed: false,
             repaint,
         }
     }
@@ -560,9 +566,53 @@ impl SfamApp {
         });
     }
 
-    /// The whole UI.
-    pub fn show(&mut self, ui: &mut Ui) {
-        self.handle_drops(ui);
+    /// Asks before the window closes on a training run; what the user
+    /// said is carried out here.
+    fn quit_guard(&mut self, ui: &Ui) {
+        let ctx = ui.ctx().clone();
+        let close = ctx.input(|i| i.viewport().close_requested());
+        if close && self.training.training() && !self.quit_confirmed {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.quit_asked = true;
+        }
+        if !self.quit_asked {
+            return;
+        }
+        if !self.training.training() {
+            // It ended meanwhile: nothing to ask.
+            self.quit_asked = false;
+            return;
+        }
+        let done = self
+            .training
+            .shown
+            .as_ref()
+            .and_then(|s| s.log.last())
+            .map_or(0, |l| l.epoch);
+        egui::Modal::new(egui::Id::unique("quit_while_training")).show(&ctx, |ui| {
+            ui.heading("A run is training");
+            ui.label(format!(
+                "Quitting stops it. The checkpoint of its last finished epoch ({done}) stays: \
+                 starting it again with the same settings and output folder resumes from there."
+            ));
+            ui.horizontal(|ui| {
+                if ui.button("Keep training").clicked() {
+                    self.quit_asked = false;
+                }
+                if ui.button("Stop and quit").clicked() {
+                    if let Some(job) = &self.training.job {
+                        job.cancel();
+                    }
+                    self.quit_asked = false;
+                    self.quit_confirmed = true;
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+        });
+    }
+
+    /// The title, the views' tabs and the Datasets view's menus.
+    fn top_bar(&mut self, ui: &mut Ui) {
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.heading("SFAM Studio");
@@ -611,6 +661,13 @@ impl SfamApp {
                 }
             });
         });
+    }
+
+    /// The whole UI.
+    pub fn show(&mut self, ui: &mut Ui) {
+        self.quit_guard(ui);
+        self.handle_drops(ui);
+        self.top_bar(ui);
         if !self.errors.is_empty() || self.status.is_some() {
             egui::Panel::bottom("messages").show(ui, |ui| self.messages_ui(ui));
         }

@@ -896,6 +896,7 @@ fn sample_datasets() -> tempfile::TempDir {
 /// epochs arrive, stop (the checkpoint stays), start again (it resumes),
 /// finish, and use the best model in Inspect.
 #[test]
+#[allow(clippy::too_many_lines)] // one researcher's flow, start to end
 fn train_view_trains_stops_resumes_and_hands_over_its_model() {
     use sfam_studio::train::best_epoch;
     let data = sample_datasets();
@@ -939,6 +940,28 @@ fn train_view_trains_stops_resumes_and_hands_over_its_model() {
     assert!((1..5).contains(&done), "{done} epochs before the stop");
     assert!(run.join("checkpoint/state.json").is_file());
     h.get_by_label_contains(&format!("Stopped after epoch {done}"));
+
+    // Closing the window while it trains asks first; "Keep training"
+    // keeps it going.
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    assert!(h.state().training.training());
+    h.state_mut().quit_asked = true;
+    h.run_steps(2);
+    h.get_by_label_contains("Quitting stops it");
+    h.get_by_label("Keep training").click();
+    h.run_steps(2);
+    assert!(!h.state().quit_asked && h.state().training.training());
+    // "Stop and quit" stops it (the window would close).
+    h.state_mut().quit_asked = true;
+    h.run_steps(2);
+    h.get_by_label("Stop and quit").click();
+    step_until_within(&mut h, limit, |a| !a.training.training());
+    assert!(!h.state().quit_asked);
+    assert!(matches!(
+        h.state().training.shown.as_ref().unwrap().outcome,
+        Some(super::training::Outcome::Stopped | super::training::Outcome::Finished { .. })
+    ));
 
     // Again: it resumes after the last finished epoch and runs to the end.
     h.get_by_label("Start training").click();
