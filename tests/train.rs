@@ -798,3 +798,20 @@ fn region_weight_supervises_the_region_logits() {
     let with = run_with(2.0);
     assert!(with < without, "region loss {with} with, {without} without");
 }
+
+#[test]
+fn a_folder_another_run_trains_is_left_alone() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    // Another process's run holds the folder's lock.
+    let other = std::fs::File::create(out.path().join(sfam_studio::train::LOCK_FILE)).unwrap();
+    other.try_lock().unwrap();
+    let mut o = options(data.path(), out.path(), faceres(1));
+    o.epochs = 1;
+    let (r, _) = run(&o);
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("being trained by another run"), "{e}");
+    // Nothing of this run was written there.
+    assert!(!out.path().join("split.csv").exists());
+    assert!(!out.path().join("checkpoint").exists());
+}

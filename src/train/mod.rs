@@ -1015,6 +1015,40 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     })
 }
 
+/// The lock file of a run folder: a run holds it while it trains.
+pub const LOCK_FILE: &str = ".sfam-train.lock";
+
+/// Takes the run folder's lock, so that two runs — two `sfam train`, or
+/// one and the app — never write the same folder at once. An advisory
+/// lock of the operating system on [`LOCK_FILE`]: it goes with the
+/// process that holds it, however that ends, so a killed run leaves no
+/// stale lock behind.
+///
+/// # Errors
+/// [`TrainError::Options`] when another process holds it;
+/// [`TrainError::Io`] when the file cannot be opened or locked.
+fn lock_run(out: &Path) -> Result<std::fs::File, TrainError> {
+    let path = out.join(LOCK_FILE);
+    let io = |e: std::io::Error| TrainError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Options(format!(
+            "{} is being trained by another run (it holds {LOCK_FILE}); wait for it, or stop it",
+            out.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 /// Marks the fakes of the datasets named in `swap` as face swaps.
 ///
 /// # Errors
@@ -1095,6 +1129,8 @@ pub fn train(
         path: opts.out.clone(),
         message: e.to_string(),
     })?;
+    // Held until this function returns (or the process ends, however).
+    let _lock = lock_run(&opts.out)?;
     let mut samples = data::collect_samples(&opts.data, opts.val_fraction)?;
     mark_face_swaps(&mut samples, &opts.swap_fakes)?;
     write_split(&opts.out.join("split.csv"), &samples)?;
@@ -2014,6 +2050,17 @@ impl FeatureBank {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_folder_is_trained_by_one_run_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_run(dir.path()).unwrap();
+        let e = lock_run(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("being trained by another run"), "{e}");
+        drop(held);
+        // Released with its holder: the next run takes it.
+        lock_run(dir.path()).unwrap();
+    }
 
     #[test]
     fn learning_rate_warms_up_then_decays() {
