@@ -1037,6 +1037,9 @@ fn train_view_follows_a_run_folder_as_it_grows() {
     let lines: Vec<&str> = log.lines().collect();
     // The run so far: the probe stage and two fine-tuning epochs.
     std::fs::write(run.path().join("train_log.csv"), lines[..15].join("\n")).unwrap();
+    // Another process trains it: it holds the run's lock.
+    let lock = std::fs::File::create(run.path().join(sfam_studio::train::LOCK_FILE)).unwrap();
+    lock.try_lock().unwrap();
     let mut app = SfamApp::new(Settings::default(), None);
     app.training.reread_every = Duration::ZERO;
     // Opened from the Datasets view (or `sfam --open RUN`): a run folder
@@ -1049,7 +1052,7 @@ fn train_view_follows_a_run_folder_as_it_grows() {
     });
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     assert_eq!(h.state().settings.view, View::Train);
-    h.get_by_label_contains("Following");
+    h.get_by_label_contains("a run is training it now");
     h.get_by_label_contains("best/ holds epoch");
     // No best/ folder here: nothing to hand to Inspect.
     assert!(h.query_by_label_contains("Use its best model").is_none());
@@ -1060,6 +1063,15 @@ fn train_view_follows_a_run_folder_as_it_grows() {
     });
     h.get_by_label_contains("best/ holds epoch 48");
     h.get_by_label("AUC ffhq_stylegan2");
+    // Its process ends.
+    drop(lock);
+    step_until(&mut h, |a| {
+        a.training
+            .shown
+            .as_ref()
+            .is_some_and(|s| s.running == Some(false))
+    });
+    h.get_by_label_contains("no run is training it now");
 
     // A folder that is no run is said so, once.
     let mut app = SfamApp::new(Settings::default(), None);

@@ -18,7 +18,7 @@ use sfam_studio::model::DeviceSpec;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::train::{
     BackboneChoice, EpochLog, LAST_EPOCHS, LOG_FILE, RunSummary, SmoothedLoss, TrainError,
-    TrainEvent, TrainOptions, TrainSummary, best_epoch, read_log, train,
+    TrainEvent, TrainOptions, TrainSummary, best_epoch, read_log, run_in_progress, train,
 };
 
 use super::inspect::bundled_path;
@@ -407,6 +407,8 @@ pub struct RunFiles {
     pub log: Vec<EpochLog>,
     /// Its model folders.
     pub models: RunModels,
+    /// Whether a run is training it now (`None`: cannot tell).
+    pub running: Option<bool>,
 }
 
 /// Which model folders a run has written.
@@ -439,7 +441,11 @@ pub fn read_run(dir: &Path, must_be_run: bool) -> Result<RunFiles, String> {
     } else {
         Vec::new()
     };
-    Ok(RunFiles { log, models })
+    Ok(RunFiles {
+        log,
+        models,
+        running: run_in_progress(dir),
+    })
 }
 
 /// The run shown: trained here, or followed.
@@ -459,6 +465,8 @@ pub struct RunShown {
     pub outcome: Option<Outcome>,
     /// Its model folders.
     pub models: RunModels,
+    /// Whether a run is training it now, as last read (followed runs).
+    pub running: Option<bool>,
     /// A followed run is read again (off after a failed read).
     following: bool,
 }
@@ -473,6 +481,7 @@ impl RunShown {
             total_epochs,
             outcome: None,
             models: RunModels::default(),
+            running: None,
             following: !live,
         }
     }
@@ -814,6 +823,7 @@ impl TrainView {
                         s.merge(files.log);
                         s.models.best |= files.models.best;
                         s.models.average |= files.models.average;
+                        s.running = files.running;
                     }
                     Ok(Err(e)) => {
                         s.following = false;
@@ -1048,8 +1058,13 @@ fn outcome_ui(ui: &mut Ui, s: &RunShown, reread_every: Duration) {
             ui.colored_label(ui.visuals().error_fg_color, format!("Failed: {e}"));
         }
         None if !s.live => {
+            let now = match s.running {
+                Some(true) => "; a run is training it now",
+                Some(false) => "; no run is training it now (finished or stopped)",
+                None => "",
+            };
             ui.label(format!(
-                "Following {} (read again every {} s)",
+                "Following {} (read again every {} s){now}",
                 s.dir.display(),
                 reread_every.as_secs()
             ));

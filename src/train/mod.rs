@@ -1049,6 +1049,20 @@ fn lock_run(out: &Path) -> Result<std::fs::File, TrainError> {
     }
 }
 
+/// Whether a run is training `out` now (another process's, or this
+/// one's): `Some(true)` when its [`LOCK_FILE`] is held, `Some(false)`
+/// when not, `None` when the folder has none (no run of this version
+/// trained it). Looking takes the lock shared for an instant.
+#[must_use]
+pub fn run_in_progress(out: &Path) -> Option<bool> {
+    let file = std::fs::File::open(out.join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
 /// Marks the fakes of the datasets named in `swap` as face swaps.
 ///
 /// # Errors
@@ -2057,9 +2071,13 @@ mod tests {
         let held = lock_run(dir.path()).unwrap();
         let e = lock_run(dir.path()).unwrap_err().to_string();
         assert!(e.contains("being trained by another run"), "{e}");
+        assert_eq!(run_in_progress(dir.path()), Some(true));
         drop(held);
+        assert_eq!(run_in_progress(dir.path()), Some(false));
         // Released with its holder: the next run takes it.
         lock_run(dir.path()).unwrap();
+        let never = tempfile::tempdir().unwrap();
+        assert_eq!(run_in_progress(never.path()), None);
     }
 
     #[test]
