@@ -734,6 +734,7 @@ impl SfamApp {
                 training::Request::FollowDialog => self.dialog(DialogKind::FollowRun),
                 training::Request::CompareDialog => self.dialog(DialogKind::CompareRun),
                 training::Request::Start => self.start_training(),
+                training::Request::OpenScores(path) => self.open_scores(path),
                 training::Request::UseModel(dir) => {
                     self.choose_model(Some(dir));
                     self.settings.view = View::Inspect;

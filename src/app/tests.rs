@@ -1006,6 +1006,16 @@ fn train_view_trains_stops_resumes_and_hands_over_its_model() {
     assert!(run.join("average/sfam_head.json").is_file());
     h.get_by_label("Use its averaged model");
 
+    // Its validation scores open in Datasets: the matrix of best/.
+    h.get_by_label("Its validation scores in Datasets").click();
+    step_until_within(&mut h, limit, |a| {
+        a.datasets.loaded.is_some() || !a.errors.is_empty()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().settings.view, View::Datasets);
+    h.state_mut().settings.view = View::Train;
+    h.run_steps(2);
+
     // Its best model goes to Inspect.
     h.get_by_label(&format!("Use its best model (epoch {best})"))
         .click();

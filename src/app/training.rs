@@ -18,7 +18,8 @@ use sfam_studio::model::DeviceSpec;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::train::{
     BackboneChoice, EpochLog, LAST_EPOCHS, LOG_FILE, RunSummary, SmoothedLoss, TrainError,
-    TrainEvent, TrainOptions, TrainSummary, best_epoch, read_log, run_in_progress, train,
+    TrainEvent, TrainOptions, TrainSummary, VAL_SCORES_FILE, best_epoch, read_log, run_in_progress,
+    train,
 };
 
 use super::inspect::bundled_path;
@@ -551,6 +552,8 @@ pub enum Request {
     Start,
     /// Use this model folder in Inspect and for scoring.
     UseModel(PathBuf),
+    /// Open this score table in the Datasets view.
+    OpenScores(PathBuf),
 }
 
 /// Another run drawn beside the one shown, to compare.
@@ -925,6 +928,20 @@ impl TrainView {
                 {
                     requests.push(Request::UseModel(s.dir.join("best")));
                 }
+            }
+            if let Some(s) = &self.shown
+                && s.models.best
+                && ui
+                    .button("Its validation scores in Datasets")
+                    .on_hover_text(
+                        "best/val_scores.csv: the best epoch's scores of the validation faces \
+                         — the Cross-AUC matrix, histograms and ROC curves",
+                    )
+                    .clicked()
+            {
+                requests.push(Request::OpenScores(
+                    s.dir.join("best").join(VAL_SCORES_FILE),
+                ));
             }
             if let Some(s) = &self.shown
                 && s.models.average

@@ -1516,8 +1516,11 @@ fn average_and_validate(
 }
 
 /// A model folder's validation scores, `DIR/val_scores.csv`.
+/// The validation score table a run writes into `best/` (and `average/`).
+pub const VAL_SCORES_FILE: &str = "val_scores.csv";
+
 fn write_val_scores(dir: &Path, records: &[ScoreRecord]) -> Result<(), TrainError> {
-    let path = dir.join("val_scores.csv");
+    let path = dir.join(VAL_SCORES_FILE);
     write_scores(&path, records, ScoreFormat::Csv).map_err(|e| TrainError::Io {
         path: path.clone(),
         message: e.to_string(),
