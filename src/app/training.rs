@@ -497,6 +497,20 @@ impl RunShown {
         }
     }
 
+    /// Takes in what the training worker has said so far.
+    fn drain(&mut self, rx: &Receiver<Update>) {
+        while let Ok(u) = rx.try_recv() {
+            match u {
+                Update::Message(m) => self.say(m),
+                Update::Epoch(row) => {
+                    self.merge(vec![row]);
+                    // Every finished epoch has written best/.
+                    self.models.best = true;
+                }
+            }
+        }
+    }
+
     fn say(&mut self, m: String) {
         self.messages.push(m);
         if self.messages.len() > MESSAGES_MAX {
@@ -758,15 +772,7 @@ impl TrainView {
     pub fn poll(&mut self, repaint: Option<&egui::Context>) -> Vec<String> {
         let mut errors = Vec::new();
         if let (Some(rx), Some(s)) = (&self.updates, &mut self.shown) {
-            while let Ok(u) = rx.try_recv() {
-                match u {
-                    Update::Message(m) => s.say(m),
-                    Update::Epoch(row) => {
-                        s.merge(vec![row]);
-                        s.models.best = true;
-                    }
-                }
-            }
+            s.drain(rx);
         }
         if let Some(job) = &mut self.job
             && let Some(result) = job.poll()
@@ -774,12 +780,7 @@ impl TrainView {
             self.job = None;
             // What the worker said before its result.
             if let (Some(rx), Some(s)) = (self.updates.take(), &mut self.shown) {
-                while let Ok(u) = rx.try_recv() {
-                    match u {
-                        Update::Message(m) => s.say(m),
-                        Update::Epoch(row) => s.merge(vec![row]),
-                    }
-                }
+                s.drain(&rx);
             }
             if let Some(s) = &mut self.shown {
                 let outcome = match result {
