@@ -144,3 +144,54 @@ fn region_logits_reproduce_the_explanation_figures() {
     let w = want["pointing"]["hit_rate"].as_f64().unwrap();
     assert!((rate - w).abs() < 1e-9, "pointing {rate} vs {w}");
 }
+
+/// The sample faces' manifest (`assets/samples/samples.csv`) says which of
+/// them trained the bundled model: a row is `validation` exactly when its
+/// source file (`assets/samples/PROVENANCE.md`) is in the model's
+/// validation split, and its label and dataset are the ones of that
+/// source path.
+#[test]
+fn the_sample_faces_manifest_tells_training_from_validation_faces() {
+    let root = dir().join("../..");
+    let provenance = std::fs::read_to_string(root.join("assets/samples/PROVENANCE.md")).unwrap();
+    let source = |name: &str| -> String {
+        let cell = format!("| `{name}` | `");
+        let line = provenance.lines().find(|l| l.starts_with(&cell)).unwrap();
+        line[cell.len()..].split('`').next().unwrap().to_owned()
+    };
+    let mut val = csv::Reader::from_path(dir().join("val_split.csv")).unwrap();
+    let validation: std::collections::HashSet<String> = val
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            r[0].trim_start_matches("../../../shared/data/").to_owned()
+        })
+        .collect();
+    let mut samples = csv::Reader::from_path(root.join("assets/samples/samples.csv")).unwrap();
+    assert_eq!(
+        samples.headers().unwrap(),
+        vec!["path", "label", "dataset", "bundled_model_split"]
+    );
+    let mut counts = [0, 0];
+    for row in samples.records() {
+        let row = row.unwrap();
+        let src = source(&row[0]);
+        assert_eq!(
+            src,
+            format!(
+                "{}/{}/{}",
+                &row[2],
+                &row[1],
+                src.rsplit('/').next().unwrap()
+            )
+        );
+        let in_val = validation.contains(&src);
+        assert_eq!(
+            &row[3],
+            if in_val { "validation" } else { "training" },
+            "{src}"
+        );
+        counts[usize::from(in_val)] += 1;
+    }
+    assert_eq!(counts, [12, 8]);
+}

@@ -321,6 +321,8 @@ pub enum Request {
     SaveScoresDialog,
     /// Pick another detector's score table to compare with the loaded one.
     CompareDialog,
+    /// Add the bundled sample faces as datasets and score them.
+    ScoreSamples,
 }
 
 /// The model the view scores with: its folder, and whether it is the
@@ -341,6 +343,11 @@ pub struct DatasetsView {
     pub detail: Option<CellDetail>,
     /// Dataset roots added by the user.
     pub roots: Vec<PathBuf>,
+    /// The bundled sample faces' manifest, if found (tests may change it).
+    pub samples: Option<PathBuf>,
+    /// Score the datasets with the model in use as soon as the running
+    /// discovery finds them (the sample faces' one click).
+    pub score_when_found: bool,
     /// What discovery found under them.
     pub discovery: Option<Arc<Discovery>>,
     /// Transfer rule in use, and its table.
@@ -376,6 +383,8 @@ impl Default for DatasetsView {
             loaded: None,
             detail: None,
             roots: Vec::new(),
+            samples: super::inspect::bundled_samples(),
+            score_when_found: false,
             discovery: None,
             rule: RuleChoice::Eer,
             transfer: None,
@@ -620,6 +629,31 @@ impl DatasetsView {
         ui.separator();
         let Some(loaded) = self.loaded.clone() else {
             ui.label("No scores yet. Open a score table (CSV `path,dataset,label,score[,video]` or JSON) written by `sfam score` or by any other detector.");
+            if self.samples.is_some() && self.roots.is_empty() {
+                ui.horizontal_wrapped(|ui| {
+                    if ui
+                        .add_enabled(
+                            model.is_some() && self.score_job.is_none(),
+                            egui::Button::new("Score the sample faces"),
+                        )
+                        .on_hover_text(
+                            "the 20 photos bundled in assets/samples, as three small datasets \
+                             (CIPLAB, DFDC, FFHQ / StyleGAN2; their labels in samples.csv), \
+                             scored with the model in use",
+                        )
+                        .clicked()
+                    {
+                        requests.push(Request::ScoreSamples);
+                    }
+                    ui.label(
+                        RichText::new(
+                            "a first look, not a measurement: 3 or 4 faces per class, and most \
+                             of them trained the bundled model (samples.csv says which)",
+                        )
+                        .weak(),
+                    );
+                });
+            }
             return requests;
         };
         egui::ScrollArea::vertical().show(ui, |ui| {

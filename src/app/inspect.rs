@@ -35,6 +35,11 @@ use super::overlay;
 /// folder the app is started from).
 pub const BUNDLED_MODEL: &str = "models/default";
 
+/// The bundled sample faces' labels, a dataset manifest
+/// (`path,label,dataset`) in their folder: 20 photos copied from the three
+/// domains of `../shared/data` (`assets/samples/PROVENANCE.md`).
+pub const SAMPLES_MANIFEST: &str = "assets/samples/samples.csv";
+
 /// Longest side of the photo shown (larger photos are shrunk for display;
 /// boxes stay in the photo's own pixels).
 const PHOTO_MAX_SIDE: u32 = 1280;
@@ -57,6 +62,13 @@ pub const FAKE_COLOR: Color32 = Color32::from_rgb(230, 110, 60);
 #[must_use]
 pub fn bundled_model_dir() -> Option<PathBuf> {
     bundled_path(BUNDLED_MODEL, |d| d.join(HEAD_CONFIG_FILE).is_file())
+}
+
+/// The bundled sample faces' manifest ([`SAMPLES_MANIFEST`]), found where
+/// [`bundled_model_dir`] looks; its folder holds the photos.
+#[must_use]
+pub fn bundled_samples() -> Option<PathBuf> {
+    bundled_path(SAMPLES_MANIFEST, Path::is_file).map(|p| std::path::absolute(&p).unwrap_or(p))
 }
 
 /// A bundled file or folder (`rel` to the project root) found where
@@ -281,6 +293,8 @@ pub enum Request {
     ExportFaceJson,
     /// Save every inspected face as a table (CSV or JSON).
     ExportFaceTable,
+    /// Open the bundled sample faces.
+    OpenSamples,
 }
 
 /// Everything that decides the face picture (recomputed when it changes).
@@ -299,6 +313,8 @@ struct FaceKey {
 pub struct InspectView {
     /// The bundled model folder, when it exists (tests may change it).
     pub bundled: Option<PathBuf>,
+    /// The bundled sample faces' manifest (see [`bundled_samples`]).
+    pub samples: Option<PathBuf>,
     /// The model.
     pub model: ModelState,
     /// The photos, in the order opened.
@@ -337,6 +353,7 @@ impl Default for InspectView {
     fn default() -> Self {
         Self {
             bundled: bundled_model_dir(),
+            samples: bundled_samples(),
             model: ModelState::Idle,
             entries: Vec::new(),
             selected: None,
@@ -1117,6 +1134,28 @@ impl InspectView {
         Some(v)
     }
 
+    /// No photos yet: what to do, and the sample faces.
+    fn empty_ui(&self, ui: &mut Ui, requests: &mut Vec<Request>) {
+        ui.label(
+            "No photos yet. Open photos or a folder of photos (or drop them here): \
+             each face is found, aligned and scored by the model.",
+        );
+        if self.samples.is_some()
+            && ui
+                .button("Open the sample faces")
+                .on_hover_text(
+                    "the 20 photos bundled in assets/samples: real and fake faces \
+                     of CIPLAB (edited eyes, nose, mouth), DFDC (face swaps) and \
+                     FFHQ / StyleGAN2 (synthesised faces). 12 of them trained the \
+                     bundled model (assets/samples/samples.csv says which): its \
+                     scores on those are no test of it.",
+                )
+                .clicked()
+        {
+            requests.push(Request::OpenSamples);
+        }
+    }
+
     /// Draws the view; returns what the user asked for.
     pub fn ui(
         &mut self,
@@ -1160,10 +1199,7 @@ impl InspectView {
         });
         ui.separator();
         if self.entries.is_empty() {
-            ui.label(
-                "No photos yet. Open photos or a folder of photos (or drop them here): \
-                 each face is found, aligned and scored by the model.",
-            );
+            self.empty_ui(ui, &mut requests);
             return requests;
         }
         ui.horizontal_wrapped(|ui| {

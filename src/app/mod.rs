@@ -28,7 +28,7 @@ use sfam_studio::engine::table::write_face_table;
 use sfam_studio::metrics::{VideoAgg, evaluation_json, matrix_csv};
 
 pub use datasets::{DatasetsView, ModelInUse, Request};
-pub use inspect::InspectView;
+pub use inspect::{InspectView, SAMPLES_MANIFEST};
 pub use training::{TrainForm, TrainView};
 
 /// Settings kept between runs (eframe storage).
@@ -163,6 +163,30 @@ impl SfamApp {
         }
     }
 
+    /// The app as it starts: the stored settings (`None` on a first
+    /// start), then the model folder and the paths of the command line. A
+    /// first start without paths opens the bundled sample faces in Inspect,
+    /// so the model is seen at work at once.
+    pub fn starting(
+        stored: Option<Settings>,
+        open: Vec<PathBuf>,
+        model: Option<PathBuf>,
+        compare: Option<PathBuf>,
+        repaint: Option<egui::Context>,
+    ) -> Self {
+        let first_start = stored.is_none();
+        let mut app = Self::new(stored.unwrap_or_default(), repaint);
+        if let Some(dir) = model {
+            app.choose_model(Some(dir));
+        }
+        if first_start && open.is_empty() && app.inspect.samples.is_some() {
+            app.open_samples();
+        }
+        app.open_paths(open);
+        app.datasets.compare_after_load = compare;
+        app
+    }
+
     /// Opens a score table (in the background).
     pub fn open_scores(&mut self, path: PathBuf) {
         remember(&mut self.settings.recent_scores, &path);
@@ -245,6 +269,36 @@ impl SfamApp {
         }
     }
 
+    /// Opens the bundled sample faces in the Inspect view (what the app
+    /// shows on its first start).
+    pub fn open_samples(&mut self) {
+        match self.inspect.samples.as_ref().and_then(|m| m.parent()) {
+            Some(dir) => self.open_image_folder(dir.to_path_buf()),
+            None => self.errors.push(format!(
+                "the sample faces were not found ({SAMPLES_MANIFEST})"
+            )),
+        }
+    }
+
+    /// Adds the bundled sample faces to the Datasets view as three small
+    /// datasets (their manifest) and scores them with the model in use as
+    /// soon as they are found.
+    pub fn score_samples(&mut self) {
+        let Some(manifest) = self.datasets.samples.clone() else {
+            self.errors.push(format!(
+                "the sample faces were not found ({SAMPLES_MANIFEST})"
+            ));
+            return;
+        };
+        if self.model_in_use().is_none() {
+            self.errors
+                .push("no model to score with: choose a model folder in the Inspect view".into());
+            return;
+        }
+        self.add_root(manifest);
+        self.datasets.score_when_found = self.datasets.discover_job.is_some();
+    }
+
     /// Adds a data folder to the Train view's run.
     pub fn add_train_root(&mut self, path: PathBuf) {
         let roots = &mut self.settings.train.roots;
@@ -295,6 +349,12 @@ impl SfamApp {
     pub fn poll(&mut self) {
         let errors = self.datasets.poll(self.repaint.clone());
         self.errors.extend(errors);
+        if self.datasets.score_when_found && self.datasets.discover_job.is_none() {
+            self.datasets.score_when_found = false;
+            if self.datasets.discovery.is_some() {
+                self.score_datasets();
+            }
+        }
         let errors = self
             .inspect
             .poll(self.settings.tight_crops, self.repaint.as_ref());
@@ -688,6 +748,7 @@ impl SfamApp {
                         Request::ExportPlotsPng => self.dialog(DialogKind::ExportPng),
                         Request::ScoreDatasets => self.score_datasets(),
                         Request::SaveScoresDialog => self.dialog(DialogKind::SaveScores),
+                        Request::ScoreSamples => self.score_samples(),
                     }
                 }
             }
@@ -714,6 +775,7 @@ impl SfamApp {
                         inspect::Request::ExportFaceTable => {
                             self.dialog(DialogKind::ExportFaceTable);
                         }
+                        inspect::Request::OpenSamples => self.open_samples(),
                     }
                 }
             }
@@ -900,16 +962,8 @@ pub fn run(
         "SFAM Studio",
         options,
         Box::new(|cc| {
-            let settings: Settings = cc
-                .storage
-                .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
-                .unwrap_or_default();
-            let mut app = SfamApp::new(settings, Some(cc.egui_ctx.clone()));
-            if let Some(dir) = model {
-                app.choose_model(Some(dir));
-            }
-            app.open_paths(open);
-            app.datasets.compare_after_load = compare;
+            let stored = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY));
+            let app = SfamApp::starting(stored, open, model, compare, Some(cc.egui_ctx.clone()));
             Ok(Box::new(app))
         }),
     )

@@ -265,6 +265,66 @@ fn a_photo_shows_its_score_verdict_and_region_charts() {
 }
 
 #[test]
+fn the_sample_faces_open_in_one_click_from_the_empty_inspect_view() {
+    let app = inspect_app(Some(tiny_model()));
+    assert!(app.inspect.samples.is_some());
+    let mut h = harness(app);
+    h.get_by_label_contains("No photos yet");
+    h.get_by_label("Open the sample faces").click();
+    h.run_steps(1);
+    step_until(&mut h, |a| {
+        a.inspect.entries.len() == 20 && !a.inspect.busy()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().settings.view, View::Inspect);
+    // The photos only: not their manifest or provenance note.
+    assert!(
+        h.state()
+            .inspect
+            .entries
+            .iter()
+            .all(|e| { e.path.extension().is_some_and(|x| x == "jpg") })
+    );
+    // Every photo has its face (DFDC's crops through the tight-crop
+    // fallback).
+    assert_eq!(
+        h.get_all_by_label_contains("20 photos, 20 inspected: 20 faces, ")
+            .count(),
+        1
+    );
+    assert!(h.query_by_label("Open the sample faces").is_none());
+}
+
+#[test]
+fn a_first_start_opens_the_sample_faces_and_later_starts_do_not() {
+    let tiny = Some(tiny_model());
+    let app = SfamApp::starting(None, Vec::new(), tiny.clone(), None, None);
+    assert_eq!(app.settings.view, View::Inspect);
+    assert_eq!(app.settings.model_dir, tiny);
+    let mut h = harness(app);
+    step_until(&mut h, |a| {
+        a.inspect.entries.len() == 20 && !a.inspect.busy()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    drop(h);
+    // Settings stored by an earlier start: the view it showed, nothing
+    // opened.
+    let stored = Settings {
+        view: View::Train,
+        ..Settings::default()
+    };
+    let app = SfamApp::starting(Some(stored), Vec::new(), tiny.clone(), None, None);
+    assert_eq!(app.settings.view, View::Train);
+    assert!(app.inspect.entries.is_empty());
+    // Paths on the command line win over the samples on a first start.
+    let table = fixture("tests/fixtures/cli/scores.csv");
+    let app = SfamApp::starting(None, vec![table.clone()], tiny, None, None);
+    assert_eq!(app.settings.view, View::Datasets);
+    assert!(app.inspect.entries.is_empty());
+    assert_eq!(app.settings.recent_scores, [table]);
+}
+
+#[test]
 fn prompts_switch_and_a_typed_prompt_gets_its_heatmap() {
     let mut app = inspect_app(Some(tiny_model()));
     app.open_images(vec![fixture("assets/samples/dfdc_fake_hlsbacxpca.jpg")]);
@@ -733,6 +793,82 @@ fn dataset_folders_are_scored_with_the_model_and_rescored_from_the_cache() {
     assert_eq!(
         again.eval.cross_auc.matrix[0][1].value(),
         c.matrix[0][1].value()
+    );
+}
+
+#[test]
+fn the_sample_faces_score_in_one_click_from_the_empty_datasets_view() {
+    use sfam_studio::data::Label;
+    let cache = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model_dir: Some(tiny_model()),
+        ..Settings::default()
+    };
+    let mut app = SfamApp::new(settings, None);
+    app.inspect.bundled = None;
+    app.datasets.cache_root = cache.path().to_path_buf();
+    assert!(app.datasets.samples.is_some(), "assets/samples/samples.csv");
+    let mut h = harness(app);
+    h.get_by_label_contains("No scores yet");
+    h.get_by_label("Score the sample faces").click();
+    h.run_steps(1);
+    step_until(&mut h, |a| {
+        (a.datasets.loaded.is_some() && a.datasets.score_job.is_none()) || !a.errors.is_empty()
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // Their manifest is the root; the three domains with every label.
+    let d = &h.state().datasets;
+    assert_eq!(d.roots, [d.samples.clone().unwrap()]);
+    assert!(d.roots[0].is_absolute() && d.roots[0].ends_with(super::SAMPLES_MANIFEST));
+    let loaded = d.loaded.clone().unwrap();
+    assert_eq!(loaded.eval.n_records, 20);
+    assert_eq!(
+        loaded.eval.cross_auc.datasets,
+        ["ciplab", "dfdc", "ffhq_stylegan2"]
+    );
+    let by_label = |label| loaded.records.iter().filter(|r| r.label == label).count();
+    assert_eq!((by_label(Label::Real), by_label(Label::Fake)), (10, 10));
+    // Every row's label is the one its file name says.
+    for r in loaded.records.iter() {
+        let name = std::path::Path::new(&r.path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let word = if r.label == Label::Real {
+            "_real_"
+        } else {
+            "_fake_"
+        };
+        assert!(name.starts_with(&format!("{}{word}", r.dataset)), "{name}");
+    }
+    h.get_by_label_contains("Scored 20 of 20 images");
+    // Once there are scores the offer is gone.
+    assert!(h.query_by_label("Score the sample faces").is_none());
+}
+
+#[test]
+fn without_a_model_the_sample_faces_are_not_scored() {
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.inspect.bundled = None;
+    app.score_samples();
+    assert!(app.datasets.roots.is_empty());
+    assert!(
+        app.errors[0].contains("no model to score with"),
+        "{:?}",
+        app.errors
+    );
+    // And without the samples (a binary far from its checkout) it says so.
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.datasets.samples = None;
+    app.inspect.samples = None;
+    app.score_samples();
+    app.open_samples();
+    assert_eq!(app.errors.len(), 2);
+    assert!(
+        app.errors
+            .iter()
+            .all(|e| e.contains("sample faces were not found"))
     );
 }
 
