@@ -1347,6 +1347,8 @@ fn train_view_compares_runs_in_its_table_and_curves() {
     }
     h.get_by_label("card");
     h.get_by_label("shorter");
+    // One legend entry for the compared run (it toggles all its lines).
+    assert_eq!(h.query_all_by_label_contains("shorter (dashed)").count(), 1);
     // The same run twice, and a folder that is no run, are refused.
     let e = h
         .state_mut()

@@ -1491,19 +1491,19 @@ fn curves_ui(
     ui.columns(2, |cols| {
         cols[0].strong("Validation AUC per epoch");
         Plot::new("train_auc")
-            .legend(Legend::default().position(Corner::RightBottom))
+            .legend(
+                Legend::default()
+                    .position(Corner::RightBottom)
+                    .follow_insertion_order(true),
+            )
             .height(260.0)
             .allow_scroll(false)
             .x_axis_label("epoch")
             .y_axis_label("AUC")
             .include_y(0.4)
             .include_y(1.0)
-            // Compared runs lengthen the legend: room for it on the right.
-            .include_x(if compared.is_empty() {
-                0.0
-            } else {
-                last_epoch * 1.5
-            })
+            // Room for the legend on the right of the curves.
+            .include_x(last_epoch * if compared.is_empty() { 1.0 } else { 1.6 })
             .show(&mut cols[0], |p| {
                 for (k, n) in names.iter().enumerate() {
                     let line = Line::new(
@@ -1533,6 +1533,15 @@ fn curves_ui(
                 }
                 marks(p);
             });
+        if !compared.is_empty() {
+            cols[0].label(
+                RichText::new(
+                    "Compared runs: the same colour per dataset (white: their mean), \
+                     in the line style their legend entry names.",
+                )
+                .weak(),
+            );
+        }
         loss_plot(&mut cols[1], s, &marks);
     });
 }
@@ -1546,14 +1555,14 @@ fn loss_plot(ui: &mut Ui, s: &RunShown, marks: &dyn Fn(&mut egui_plot::PlotUi<'_
         .fold(0.0, f64::max);
     ui.strong("Training loss per epoch (mean over its steps)");
     Plot::new("train_loss")
-        .legend(Legend::default())
+        .legend(Legend::default().follow_insertion_order(true))
         .height(260.0)
         .allow_scroll(false)
         .x_axis_label("epoch")
         .y_axis_label("loss")
         .include_y(0.0)
         // Room above the curves for the legend.
-        .include_y(top_loss * 1.7)
+        .include_y(top_loss * 2.0)
         .show(ui, |p| {
             let parts: [LossPart; 5] = [
                 ("total", |l| l.loss),
@@ -1624,26 +1633,27 @@ fn epochs_ui(ui: &mut Ui, s: &RunShown, best: Option<usize>, names: &[String]) {
         });
 }
 
-/// Line styles of compared runs, in turn.
-const COMPARED_STYLES: [LineStyle; 3] = [
-    LineStyle::Dashed { length: 10.0 },
-    LineStyle::Dotted { spacing: 5.0 },
-    LineStyle::Dashed { length: 4.0 },
+/// Line styles of compared runs, in turn, and their names in the legend.
+const COMPARED_STYLES: [(LineStyle, &str); 3] = [
+    (LineStyle::Dashed { length: 10.0 }, "dashed"),
+    (LineStyle::Dotted { spacing: 5.0 }, "dotted"),
+    (LineStyle::Dashed { length: 4.0 }, "short dashes"),
 ];
 
 /// A compared run's validation AUC per dataset (the shown run's colours)
-/// and its mean, in `style`.
+/// and its mean, in `style`: one legend entry for the run (it shows and
+/// hides all its lines), so that the legend stays short beside the curves.
 fn compared_lines(
     p: &mut egui_plot::PlotUi<'_>,
     c: &ComparedRun,
     names: &[String],
-    style: LineStyle,
+    (style, word): (LineStyle, &str),
 ) {
-    let name = run_name(&c.dir);
+    let name = format!("{} ({word})", run_name(&c.dir));
     for (k, n) in names.iter().enumerate() {
         p.line(
             Line::new(
-                format!("{name} · {n}"),
+                name.clone(),
                 series(&c.log, |l| {
                     l.val_auc.iter().find(|(m, _)| m == n).and_then(|(_, a)| *a)
                 }),
@@ -1653,7 +1663,7 @@ fn compared_lines(
         );
     }
     p.line(
-        Line::new(format!("{name} · mean"), series(&c.log, |l| l.val_auc_mean))
+        Line::new(name, series(&c.log, |l| l.val_auc_mean))
             .color(Color32::WHITE)
             .style(style),
     );
