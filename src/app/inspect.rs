@@ -1134,6 +1134,47 @@ impl InspectView {
         Some(v)
     }
 
+    /// The threshold slider, and the model's suggested threshold: in use
+    /// (`auto`) until the slider sets another, one click back.
+    fn threshold_ui(&self, ui: &mut Ui, threshold: &mut f64, auto: &mut bool) {
+        let suggested = self.suggested_threshold();
+        let before = *threshold;
+        let moved = ui
+            .add(
+                egui::Slider::new(threshold, 0.0..=1.0)
+                    .max_decimals(3)
+                    .text("threshold (score >= threshold: fake)"),
+            )
+            .changed();
+        // The slider rounds what it shows to its decimals: only a value
+        // other than that is the user's.
+        if moved && (*threshold - egui::emath::round_to_decimals(before, 3)).abs() > 1e-9 {
+            *auto = false;
+        }
+        if *auto && let Some(s) = &suggested {
+            *threshold = s.value;
+        }
+        if let Some(s) = &suggested {
+            let following = *auto && (*threshold - s.value).abs() <= 1e-9;
+            if ui
+                .add_enabled(
+                    !following,
+                    egui::Button::new(format!("use the model's {:.3}", s.value)),
+                )
+                .on_hover_text(format!(
+                    "The threshold this model suggests: {}. Chosen, it follows the \
+                     model in use (sfam scan's default too).",
+                    s.rule
+                ))
+                .on_disabled_hover_text(format!("in use, the model's: {}", s.rule))
+                .clicked()
+            {
+                *threshold = s.value;
+                *auto = true;
+            }
+        }
+    }
+
     /// No photos yet: what to do, and the sample faces.
     fn empty_ui(&self, ui: &mut Ui, requests: &mut Vec<Request>) {
         ui.label(
@@ -1160,7 +1201,7 @@ impl InspectView {
     pub fn ui(
         &mut self,
         ui: &mut Ui,
-        threshold: &mut f64,
+        (threshold, auto): (&mut f64, &mut bool),
         tight_crops: &mut bool,
         chosen_model: Option<&PathBuf>,
         errors: &mut Vec<String>,
@@ -1170,23 +1211,7 @@ impl InspectView {
         self.model_ui(ui, chosen_model, &mut requests);
         self.progress_ui(ui);
         ui.horizontal_wrapped(|ui| {
-            ui.add(
-                egui::Slider::new(threshold, 0.0..=1.0)
-                    .max_decimals(3)
-                    .text("threshold (score >= threshold: fake)"),
-            );
-            if let Some(s) = self.suggested_threshold()
-                && ui
-                    .add_enabled(
-                        (*threshold - s.value).abs() > 1e-9,
-                        egui::Button::new(format!("use the model's {:.3}", s.value)),
-                    )
-                    .on_hover_text(format!("The threshold this model suggests: {}", s.rule))
-                    .on_disabled_hover_text(format!("in use: {}", s.rule))
-                    .clicked()
-            {
-                *threshold = s.value;
-            }
+            self.threshold_ui(ui, threshold, auto);
             ui.separator();
             ui.checkbox(
                 tight_crops,

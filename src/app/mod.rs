@@ -49,6 +49,9 @@ pub struct Settings {
     pub model_dir: Option<PathBuf>,
     /// The Inspect view's decision threshold on the model's score.
     pub inspect_threshold: f64,
+    /// The Inspect view's threshold follows the one the model in use
+    /// suggests (`sfam scan`'s default too), until the user sets another.
+    pub inspect_threshold_auto: bool,
     /// Photos without a detected face are used whole as tight face crops.
     pub tight_crops: bool,
     /// The Train view's run settings.
@@ -65,6 +68,7 @@ impl Default for Settings {
             video_agg: None,
             model_dir: None,
             inspect_threshold: 0.5,
+            inspect_threshold_auto: true,
             tight_crops: true,
             train: TrainForm::default(),
         }
@@ -757,7 +761,10 @@ impl SfamApp {
                     .ensure_model(self.settings.model_dir.as_ref(), self.repaint.clone());
                 let requests = self.inspect.ui(
                     ui,
-                    &mut self.settings.inspect_threshold,
+                    (
+                        &mut self.settings.inspect_threshold,
+                        &mut self.settings.inspect_threshold_auto,
+                    ),
                     &mut self.settings.tight_crops,
                     self.settings.model_dir.as_ref(),
                     &mut self.errors,

@@ -520,17 +520,39 @@ fn the_models_suggested_threshold_is_one_click_away() {
     let head = dir.path().join("sfam_head.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
-    cfg["threshold"] = serde_json::json!({"value": 0.3, "rule": "a test's"});
+    cfg["threshold"] = serde_json::json!({"value": 0.3164, "rule": "a test's"});
     std::fs::write(&head, cfg.to_string()).unwrap();
     let mut app = inspect_app(Some(dir.path().to_path_buf()));
     app.open_paths(vec![fixture("assets/samples/ffhq_stylegan2_real_109.jpg")]);
     let mut h = harness(app);
     inspected(&mut h);
-    assert_eq!(h.state().settings.inspect_threshold, 0.5);
-    h.get_by_label("use the model's 0.300").click();
+    // The model's threshold is the one in use until another is chosen.
+    assert!(h.state().settings.inspect_threshold_auto);
+    assert_eq!(h.state().settings.inspect_threshold, 0.3164);
+    h.get_by_label_contains("threshold 0.32");
+    assert!(
+        h.get_by_label("use the model's 0.316")
+            .accesskit_node()
+            .is_disabled()
+    );
+    // The slider: the user's threshold, kept.
+    // (The first slider: the threshold's; the overlay's opacity follows.)
+    h.get_all_by_role(egui::accesskit::Role::Slider)
+        .next()
+        .unwrap()
+        .increment_accesskit();
     h.run_steps(2);
-    assert_eq!(h.state().settings.inspect_threshold, 0.3);
-    h.get_by_label_contains("threshold 0.30");
+    assert!(!h.state().settings.inspect_threshold_auto);
+    let chosen = h.state().settings.inspect_threshold;
+    assert!(chosen > 0.3164, "{chosen}");
+    h.run_steps(2);
+    assert_eq!(h.state().settings.inspect_threshold, chosen);
+    // One click back to the model's.
+    h.get_by_label("use the model's 0.316").click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.inspect_threshold, 0.3164);
+    assert!(h.state().settings.inspect_threshold_auto);
+    h.get_by_label_contains("threshold 0.32");
 }
 
 #[test]
