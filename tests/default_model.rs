@@ -172,9 +172,23 @@ fn the_sample_faces_manifest_tells_training_from_validation_faces() {
         samples.headers().unwrap(),
         vec!["path", "label", "dataset", "bundled_model_split"]
     );
+    // The model's own list of its training images agrees, by content.
+    let listed = SfamModel::load(&dir(), &Device::Cpu)
+        .unwrap()
+        .training_images()
+        .cloned()
+        .expect("models/default/training_images.txt");
+    assert_eq!(listed.len(), 5795);
     let mut counts = [0, 0];
     for row in samples.records() {
         let row = row.unwrap();
+        let bytes = std::fs::read(root.join("assets/samples").join(&row[0])).unwrap();
+        assert_eq!(
+            listed.contains_bytes(&bytes),
+            &row[3] == "training",
+            "{}",
+            &row[0]
+        );
         let src = source(&row[0]);
         assert_eq!(
             src,
@@ -194,4 +208,44 @@ fn the_sample_faces_manifest_tells_training_from_validation_faces() {
         counts[usize::from(in_val)] += 1;
     }
     assert_eq!(counts, [12, 8]);
+}
+
+/// `training_images.txt` lists every file of ../shared/data that is not in
+/// the validation split, by content, and no validation file.
+#[test]
+#[ignore = "needs ../shared/data (hashes its 7266 images, a few seconds)"]
+fn the_training_images_list_is_the_complement_of_the_validation_split() {
+    let listed = SfamModel::load(&dir(), &Device::Cpu)
+        .unwrap()
+        .training_images()
+        .cloned()
+        .unwrap();
+    let data = dir().join("../../../shared/data");
+    let found = discover(&[data], &DiscoverOptions::default());
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let mut val = csv::Reader::from_path(dir().join("val_split.csv")).unwrap();
+    let validation: std::collections::HashSet<PathBuf> = val
+        .records()
+        .map(|r| std::fs::canonicalize(dir().join(&r.unwrap()[0])).unwrap())
+        .collect();
+    assert_eq!(validation.len(), 1471);
+    let (mut training, mut held_out) = (0, 0);
+    for d in &found.datasets {
+        for f in &d.items {
+            let bytes = std::fs::read(&f.path).unwrap();
+            let in_val = validation.contains(&std::fs::canonicalize(&f.path).unwrap());
+            assert_eq!(
+                listed.contains_bytes(&bytes),
+                !in_val,
+                "{}",
+                f.path.display()
+            );
+            if in_val {
+                held_out += 1;
+            } else {
+                training += 1;
+            }
+        }
+    }
+    assert_eq!((training, held_out), (5795, 1471));
 }

@@ -509,3 +509,72 @@ fn shared_data_subset_scores_every_image() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.records.len(), items.len());
 }
+
+/// A model folder that lists its training images (`training_images.txt`,
+/// by content) gets the scored images among them flagged — in the events,
+/// the counters and the report — whether computed or from the cache, and
+/// whatever their names.
+#[test]
+fn training_images_of_the_model_are_flagged_by_content() {
+    use sfam_studio::model::training_images::{TRAINING_IMAGES_FILE, TrainingImages};
+    let model = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(model_dir()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let samples = root().join("assets/samples");
+    let trained: Vec<Vec<u8>> = ["ciplab_real_real_00311.jpg", "dfdc_fake_pnpyiohvrh.jpg"]
+        .iter()
+        .map(|n| std::fs::read(samples.join(n)).unwrap())
+        .collect();
+    let list = TrainingImages::of_bytes(trained.iter().map(Vec::as_slice));
+    std::fs::write(model.path().join(TRAINING_IMAGES_FILE), list.to_text()).unwrap();
+    let engine = Engine::load(
+        model.path(),
+        &candle_core::Device::Cpu,
+        EngineOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(engine.model().training_images().unwrap().len(), 2);
+    let dir = tree();
+    let items = items(dir.path());
+    let expected: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| {
+            let name = i.path.file_name().unwrap().to_str().unwrap();
+            name == "00311.jpg" || name == "pnpyiohvrh.jpg"
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(expected.len(), 2);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = engine.open_cache(cache_dir.path()).unwrap();
+    for round in ["computed", "cached"] {
+        let mut flagged = Vec::new();
+        let report = engine
+            .score(&items, Some(&cache), &AtomicBool::new(false), |e| {
+                if let Event::Image {
+                    index,
+                    trained_on: true,
+                    ..
+                } = e
+                {
+                    flagged.push(index);
+                }
+            })
+            .unwrap();
+        assert_eq!(flagged, expected, "{round}");
+        assert_eq!(report.trained_on, expected, "{round}");
+        assert_eq!(report.progress.trained_on, 2, "{round}");
+    }
+    // The same model without the list flags nothing.
+    let plain = engine_report_flags(&items);
+    assert!(plain.is_empty());
+}
+
+fn engine_report_flags(items: &[Item]) -> Vec<usize> {
+    let engine = engine(EngineOptions::default());
+    assert!(engine.model().training_images().is_none());
+    run(&engine, items, None).0.trained_on
+}

@@ -116,6 +116,7 @@ fn reload_and_rescore(best: &Path) {
         .collect();
     assert!(!recorded.is_empty());
     check_suggested_threshold(&model, best);
+    check_training_images(&model, best, recorded.keys());
     for (path, score) in &recorded {
         let faces = detector.faces_in_image(Path::new(path), FaceOptions { tight_crops: true });
         let out = model.inspect_faces(&[&faces.aligned[0]]).unwrap();
@@ -124,6 +125,33 @@ fn reload_and_rescore(best: &Path) {
             "{path}: {} vs {score}",
             out[0].score
         );
+    }
+}
+
+/// `best/` lists its training images: every file of the run's training
+/// split (`split.csv`), by content, and none of the validation files.
+fn check_training_images<'a>(
+    model: &SfamModel,
+    best: &Path,
+    validation: impl Iterator<Item = &'a String>,
+) {
+    let listed = model
+        .training_images()
+        .expect("best/ lists its training images");
+    let split = std::fs::read_to_string(best.parent().unwrap().join("split.csv")).unwrap();
+    let train: Vec<&str> = split
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with(",train"))
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert!(!train.is_empty());
+    assert_eq!(listed.len(), train.len());
+    for p in train {
+        assert!(listed.contains_bytes(&std::fs::read(p).unwrap()), "{p}");
+    }
+    for p in validation {
+        assert!(!listed.contains_bytes(&std::fs::read(p).unwrap()), "{p}");
     }
 }
 
@@ -560,6 +588,41 @@ fn cli_trains_and_reports() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("epoch 1 (finetune) done"), "{err}");
     assert!(out.path().join("best/sfam_head.json").is_file());
+    // Scoring the training data with the trained model says how many of
+    // the images it was trained on, and the details mark each.
+    let train = std::fs::read_to_string(out.path().join("split.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(",train"))
+        .count();
+    let scores = out.path().join("scores.csv");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data.path())
+        .arg("--model")
+        .arg(out.path().join("best"))
+        .arg("--out")
+        .arg(&scores)
+        .args(["--details", "--no-cache"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "warning: {train} of the 20 scored images are training images of this model"
+        )),
+        "{stdout}"
+    );
+    let details = std::fs::read_to_string(out.path().join("scores.csv.details.jsonl")).unwrap();
+    let mut marked = std::collections::HashSet::new();
+    for line in details.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["training_image"] == serde_json::Value::Bool(true) {
+            marked.insert(v["path"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(marked.len(), train);
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
         .args(["train", "--data", "/nonexistent/data", "--out"])
         .arg(out.path().join("x"))

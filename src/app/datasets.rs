@@ -824,6 +824,16 @@ impl DatasetsView {
                     run.cache_write_failures
                 ));
             }
+            if p.trained_on > 0 {
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!(
+                        "{} of these images trained this model (the same bytes are in its \
+                         training_images.txt): their scores are no test of it.",
+                        p.trained_on
+                    ),
+                );
+            }
         }
         let cache = self
             .scored

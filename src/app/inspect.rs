@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Ui};
 use image::RgbImage;
 use sfam_studio::data::datasets::find_images;
-use sfam_studio::data::image::load_rgb;
+use sfam_studio::data::image::{decode_rgb, load_rgb, read_image_bytes};
 use sfam_studio::engine::table::verdict;
 use sfam_studio::engine::{FaceScore, ImageScore};
 use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
@@ -191,6 +191,9 @@ pub struct ImageResult {
     pub precropped: bool,
     /// A small copy for the thumbnail strip.
     pub thumb: RgbImage,
+    /// One of the model's training images (its bytes are in the model
+    /// folder's `training_images.txt`).
+    pub trained_on: bool,
 }
 
 impl ImageResult {
@@ -380,8 +383,15 @@ impl Default for InspectView {
 /// Reads a photo, finds its faces and scores them (runs on the worker);
 /// with `photo`, also makes the display copy of the photo.
 fn process_one(m: &LoadedModel, path: &Path, tight_crops: bool, photo: bool) -> Processed {
-    let img = match load_rgb(path) {
-        Ok(img) => img,
+    let read = read_image_bytes(path).and_then(|bytes| {
+        let trained_on = m
+            .model
+            .training_images()
+            .is_some_and(|t| t.contains_bytes(&bytes));
+        decode_rgb(&bytes, path).map(|img| (img, trained_on))
+    });
+    let (img, trained_on) = match read {
+        Ok(read) => read,
         Err(e) => {
             return Processed {
                 k: 0,
@@ -402,6 +412,7 @@ fn process_one(m: &LoadedModel, path: &Path, tight_crops: bool, photo: bool) -> 
                 faces,
                 precropped: found.precropped,
                 thumb: overlay::shrink(&img, THUMB_MAX_SIDE),
+                trained_on,
             }),
     };
     Processed {
@@ -1070,10 +1081,12 @@ impl InspectView {
     /// above the strip.
     fn tally(&self, threshold: f64) -> String {
         let (mut done, mut failed, mut face_count, mut called_fake) = (0, 0, 0, 0);
+        let mut trained = 0;
         for e in &self.entries {
             match &e.state {
                 EntryState::Done(r) => {
                     done += 1;
+                    trained += usize::from(r.trained_on);
                     face_count += r.faces.len();
                     called_fake += r
                         .faces
@@ -1091,6 +1104,9 @@ impl InspectView {
         );
         if failed > 0 {
             let _ = write!(s, ", {failed} could not be inspected");
+        }
+        if trained > 0 {
+            let _ = write!(s, "; {trained} of the photos trained this model");
         }
         s
     }
@@ -1621,6 +1637,7 @@ impl InspectView {
         let names = Self::prompt_names(f);
         let typed = f.typed.len();
         let landmarks = f.aligned.landmarks_aligned;
+        let trained_on = matches!(&self.entries[i].state, EntryState::Done(r) if r.trained_on);
         let o = &output;
         let fake = verdict(o.score, threshold) == "fake";
         let (word, color) = if fake {
@@ -1655,6 +1672,13 @@ impl InspectView {
                 );
             });
         });
+        if trained_on {
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                "A training image of this model (the same bytes are in its \
+                 training_images.txt): this score is no test of the model.",
+            );
+        }
         ui.horizontal(|ui| {
             if ui.button("Export face (PNG)...").clicked() {
                 requests.push(Request::ExportFacePng);
@@ -1931,11 +1955,14 @@ fn thumb_ui(
                 Some(s) => {
                     let fake = verdict(s, threshold) == "fake";
                     let faces = r.faces.len();
-                    let text = if faces > 1 {
+                    let mut text = if faces > 1 {
                         format!("{s:.3} ({faces} faces)")
                     } else {
                         format!("{s:.3}")
                     };
+                    if r.trained_on {
+                        text.push_str(" · trained");
+                    }
                     (text, if fake { FAKE_COLOR } else { REAL_COLOR })
                 }
                 None => ("no face".into(), weak),

@@ -208,6 +208,31 @@ fn tiny_model() -> PathBuf {
     fixture("tests/fixtures/model/tiny_l14")
 }
 
+/// A copy of the tiny model, to change.
+fn tiny_model_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(tiny_model()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// A copy of the tiny model that lists these sample faces as its training
+/// images.
+fn tiny_model_listing(samples: &[&str]) -> tempfile::TempDir {
+    let model = tiny_model_copy();
+    let bytes: Vec<Vec<u8>> = samples
+        .iter()
+        .map(|n| std::fs::read(fixture(&format!("assets/samples/{n}"))).unwrap())
+        .collect();
+    let list = sfam_studio::model::training_images::TrainingImages::of_bytes(
+        bytes.iter().map(Vec::as_slice),
+    );
+    std::fs::write(model.path().join("training_images.txt"), list.to_text()).unwrap();
+    model
+}
+
 /// An app on the Inspect view with this model folder and no bundled model.
 fn inspect_app(model: Option<PathBuf>) -> SfamApp {
     let settings = Settings {
@@ -266,7 +291,10 @@ fn a_photo_shows_its_score_verdict_and_region_charts() {
 
 #[test]
 fn the_sample_faces_open_in_one_click_from_the_empty_inspect_view() {
-    let app = inspect_app(Some(tiny_model()));
+    // A model that lists two of them as its training images.
+    let trained = ["ciplab_fake_mid_20_1111.jpg", "dfdc_real_kbodjivgqu.jpg"];
+    let model = tiny_model_listing(&trained);
+    let app = inspect_app(Some(model.path().to_path_buf()));
     assert!(app.inspect.samples.is_some());
     let mut h = harness(app);
     h.get_by_label_contains("No photos yet");
@@ -292,6 +320,28 @@ fn the_sample_faces_open_in_one_click_from_the_empty_inspect_view() {
             .count(),
         1
     );
+    assert_eq!(
+        h.get_all_by_label_contains("; 2 of the photos trained this model")
+            .count(),
+        1
+    );
+    // Their thumbnails say so, and so does the face view of each.
+    assert_eq!(h.get_all_by_label_contains("· trained").count(), 2);
+    let names: Vec<String> = h
+        .state()
+        .inspect
+        .entries
+        .iter()
+        .map(|e| e.path.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    for (k, name) in names.iter().enumerate() {
+        h.state_mut().inspect.select(k);
+        h.run_steps(2);
+        let warned = h
+            .query_by_label_contains("A training image of this model")
+            .is_some();
+        assert_eq!(warned, trained.contains(&name.as_str()), "{name}");
+    }
     assert!(h.query_by_label("Open the sample faces").is_none());
 }
 
@@ -512,11 +562,7 @@ fn a_folder_opens_in_the_view_its_contents_belong_to() {
 /// A model that suggests a threshold offers it next to the slider.
 #[test]
 fn the_models_suggested_threshold_is_one_click_away() {
-    let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(tiny_model()).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
+    let dir = tiny_model_copy();
     let head = dir.path().join("sfam_head.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
@@ -822,8 +868,9 @@ fn dataset_folders_are_scored_with_the_model_and_rescored_from_the_cache() {
 fn the_sample_faces_score_in_one_click_from_the_empty_datasets_view() {
     use sfam_studio::data::Label;
     let cache = tempfile::tempdir().unwrap();
+    let model = tiny_model_listing(&["ciplab_real_real_00311.jpg", "dfdc_fake_hlsbacxpca.jpg"]);
     let settings = Settings {
-        model_dir: Some(tiny_model()),
+        model_dir: Some(model.path().to_path_buf()),
         ..Settings::default()
     };
     let mut app = SfamApp::new(settings, None);
@@ -865,6 +912,10 @@ fn the_sample_faces_score_in_one_click_from_the_empty_datasets_view() {
         assert!(name.starts_with(&format!("{}{word}", r.dataset)), "{name}");
     }
     h.get_by_label_contains("Scored 20 of 20 images");
+    // Two of them are listed as the model's training images.
+    h.get_by_label_contains("2 of these images trained this model");
+    let p = h.state().datasets.scored.as_ref().unwrap().progress;
+    assert_eq!(p.trained_on, 2);
     // Once there are scores the offer is gone.
     assert!(h.query_by_label("Score the sample faces").is_none());
 }

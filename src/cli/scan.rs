@@ -11,7 +11,7 @@ use sfam_studio::data::scores::ScoreFormat;
 use sfam_studio::engine::table::{FaceRow, FaceTable, face_rows};
 use sfam_studio::engine::{Item, Outcome};
 
-use super::score::{EngineArgs, Streamed, output, problems, summary, write_errors};
+use super::score::{EngineArgs, Streamed, output, problems, summary, trained_on, write_errors};
 
 /// Arguments of `sfam scan`.
 #[derive(Debug, clap::Args)]
@@ -206,7 +206,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
     eprintln!("threshold {threshold:.4} ({why})");
     let mut table = Table::new(&out_dir, format, args.top)?;
-    let report = scoring.run(&items, |item, outcome| {
+    let report = scoring.run(&items, |item, outcome, _| {
         if let Outcome::Scored { score, .. } = outcome {
             for row in face_rows(&item.path, score, threshold) {
                 table.add(&row);
@@ -216,6 +216,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let seen = table.finish(&args.out)?;
     let errors = write_errors(&args.out, &report)?;
     let mut text = summary(&report, "photos");
+    text.push_str(&trained_on(&report, &items, "photos"));
     let _ = writeln!(text, "wrote {} ({} rows)", args.out.display(), seen.faces);
     let _ = writeln!(text, "threshold {threshold:.4} ({why})");
     text.push_str(&seen.describe(threshold));

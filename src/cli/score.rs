@@ -21,6 +21,7 @@ use sfam_studio::engine::{
     Source,
 };
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
+use sfam_studio::model::training_images::TRAINING_IMAGES_FILE;
 use sfam_studio::model::{DeviceSpec, Precision};
 
 use super::embed::resolve_model;
@@ -133,6 +134,8 @@ struct DetailLine<'a> {
     size: [u32; 2],
     /// computed, cached or recomputed.
     source: &'static str,
+    /// The image is one of the model's training images (by content).
+    training_image: bool,
     #[serde(flatten)]
     detail: &'a FaceScore,
 }
@@ -265,7 +268,7 @@ impl Streamed {
 }
 
 /// Writes the FILE.details.jsonl lines of one image.
-fn write_details(out: &mut Streamed, item: &Item, outcome: &Outcome) {
+fn write_details(out: &mut Streamed, item: &Item, outcome: &Outcome, trained_on: bool) {
     let Outcome::Scored { score, source } = outcome else {
         return;
     };
@@ -286,6 +289,7 @@ fn write_details(out: &mut Streamed, item: &Item, outcome: &Outcome) {
                 Source::Cached => "cached",
                 Source::Recomputed(_) => "recomputed",
             },
+            training_image: trained_on,
             detail,
         };
         out.write(|w| {
@@ -314,9 +318,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let report = scoring.run(&items, |item, outcome| {
+    let report = scoring.run(&items, |item, outcome, trained_on| {
         if let Some(d) = details.as_mut() {
-            write_details(d, item, outcome);
+            write_details(d, item, outcome, trained_on);
         }
     })?;
 
@@ -327,6 +331,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         d.persist(&details_path)?;
     }
     let mut text = summary(&report, "images");
+    text.push_str(&trained_on(&report, &items, "images"));
     let _ = writeln!(
         text,
         "wrote {} ({} rows)",
@@ -419,14 +424,19 @@ impl Scoring {
     pub(super) fn run(
         &self,
         items: &[Item],
-        mut on_image: impl FnMut(&Item, &Outcome),
+        mut on_image: impl FnMut(&Item, &Outcome, bool),
     ) -> Result<Report> {
         let mut log = Log::new(items.len());
         let cancel = AtomicBool::new(false);
         let result = self
             .engine
             .score(items, self.cache.as_ref(), &cancel, |event| match event {
-                Event::Image { item, outcome, .. } => {
+                Event::Image {
+                    item,
+                    outcome,
+                    trained_on,
+                    ..
+                } => {
                     match outcome {
                         Outcome::Failed(e) => log.line(&format!("error: {e}")),
                         Outcome::Scored {
@@ -435,7 +445,7 @@ impl Scoring {
                         } => log.line(&format!("note: corrupt cache entry, scored again ({why})")),
                         Outcome::Scored { .. } => {}
                     }
-                    on_image(item, outcome);
+                    on_image(item, outcome, trained_on);
                 }
                 Event::Progress(p) => log.progress(&p),
             });
@@ -517,6 +527,32 @@ pub(super) fn summary(report: &Report, unit: &str) -> String {
         100.0 * p.model_busy()
     );
     s
+}
+
+/// How many training images list in the summary.
+const TRAINED_LISTED: usize = 3;
+
+/// A warning when some of the scored images are the model's own training
+/// images (its folder's `training_images.txt` holds their bytes' hashes).
+pub(super) fn trained_on(report: &Report, items: &[Item], unit: &str) -> String {
+    let n = report.trained_on.len();
+    if n == 0 {
+        return String::new();
+    }
+    let scored = report.progress.done - report.progress.failed;
+    let examples: Vec<String> = report
+        .trained_on
+        .iter()
+        .take(TRAINED_LISTED)
+        .filter_map(|&i| items.get(i))
+        .map(|item| item.path.display().to_string())
+        .collect();
+    format!(
+        "warning: {n} of the {scored} scored {unit} are training images of this model \
+         (the same bytes are in its {TRAINING_IMAGES_FILE}): their scores are no test of it; e.g. {}{}\n",
+        examples.join(", "),
+        if n > examples.len() { ", ..." } else { "" }
+    )
 }
 
 /// The end of the final summary: cache entries that could not be

@@ -60,6 +60,12 @@ impl ContentHash {
         Self(blake3::hash(bytes))
     }
 
+    /// The hash's 32 bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
     /// 64 lowercase hex digits.
     #[must_use]
     pub fn to_hex(&self) -> String {

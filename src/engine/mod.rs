@@ -318,6 +318,8 @@ pub struct Progress {
     pub recomputed: usize,
     /// Per-file errors.
     pub failed: usize,
+    /// Scored images that are training images of the model.
+    pub trained_on: usize,
     /// Faces run through the model in this run.
     pub faces: usize,
     /// Seconds since the run started.
@@ -361,6 +363,10 @@ pub enum Event<'a> {
         item: &'a Item,
         /// Its score or error.
         outcome: &'a Outcome,
+        /// Scored, and one of the model's training images (its bytes are
+        /// in the model folder's `training_images.txt`): its score is no
+        /// test of the model.
+        trained_on: bool,
     },
     /// The counters, after each image.
     Progress(Progress),
@@ -374,6 +380,9 @@ pub struct Report {
     pub records: Vec<ScoreRecord>,
     /// One entry per failed image, in input order.
     pub errors: Vec<FileError>,
+    /// The scored images that are training images of the model (input
+    /// indices, in order; see [`Event::Image`]).
+    pub trained_on: Vec<usize>,
     /// The final counters.
     pub progress: Progress,
     /// Cache entries that could not be written (the scores are still in

@@ -38,11 +38,17 @@ struct PreparedFace {
 /// An image after the workers.
 enum Prepared {
     /// Found in the cache.
-    Cached { index: usize, score: ImageScore },
+    Cached {
+        index: usize,
+        score: ImageScore,
+        trained_on: bool,
+    },
     /// Faces to score.
     Faces {
         index: usize,
         hash: ContentHash,
+        /// One of the model's training images (by content).
+        trained_on: bool,
         size: [u32; 2],
         faces_found: usize,
         precropped: bool,
@@ -353,10 +359,20 @@ impl Engine {
             Err(e) => return failed(ImageFacesError::Image(e).into()),
         };
         let hash = ContentHash::of_bytes(&bytes);
+        let trained_on = self
+            .model
+            .training_images()
+            .is_some_and(|t| t.contains(hash.as_bytes()));
         let mut corrupt = None;
         if let Some(cache) = cache {
             match cache.get(&hash) {
-                Lookup::Hit(score) => return Prepared::Cached { index, score },
+                Lookup::Hit(score) => {
+                    return Prepared::Cached {
+                        index,
+                        score,
+                        trained_on,
+                    };
+                }
                 Lookup::Miss => {}
                 Lookup::Corrupt(why) => corrupt = Some(why),
             }
@@ -401,6 +417,7 @@ impl Engine {
         Prepared::Faces {
             index,
             hash,
+            trained_on,
             size: [img.width(), img.height()],
             faces_found: if found.precropped {
                 0
@@ -521,21 +538,27 @@ impl Consumer<'_> {
         F: FnMut(Event<'_>),
     {
         let progress = &mut self.report.progress;
-        let (index, outcome) = match prepared {
-            Prepared::Cached { index, score } => {
+        let (index, trained_on, outcome) = match prepared {
+            Prepared::Cached {
+                index,
+                score,
+                trained_on,
+            } => {
                 progress.cached += 1;
                 (
                     index,
+                    trained_on,
                     Outcome::Scored {
                         score,
                         source: Source::Cached,
                     },
                 )
             }
-            Prepared::Failed { index, error } => (index, Outcome::Failed(error)),
+            Prepared::Failed { index, error } => (index, false, Outcome::Failed(error)),
             Prepared::Faces {
                 index,
                 hash,
+                trained_on,
                 size,
                 faces_found,
                 precropped,
@@ -567,10 +590,10 @@ impl Consumer<'_> {
                         }
                         None => Source::Computed,
                     };
-                    (index, Outcome::Scored { score, source })
+                    (index, trained_on, Outcome::Scored { score, source })
                 } else {
                     let path = self.items[index].path.clone();
-                    (index, Outcome::Failed(ItemError::NonFinite { path }))
+                    (index, false, Outcome::Failed(ItemError::NonFinite { path }))
                 }
             }
         };
@@ -579,9 +602,14 @@ impl Consumer<'_> {
             index,
             item,
             outcome: &outcome,
+            trained_on,
         });
         let progress = &mut self.report.progress;
         progress.done += 1;
+        if trained_on {
+            progress.trained_on += 1;
+            self.report.trained_on.push(index);
+        }
         progress.elapsed_secs = self.start.elapsed().as_secs_f64();
         match outcome {
             Outcome::Scored { score, .. } => {

@@ -39,6 +39,7 @@ pub mod preprocess;
 pub mod sfam;
 pub mod tokenizer;
 mod tokenizer_tables;
+pub mod training_images;
 pub mod weights;
 
 use std::path::PathBuf;

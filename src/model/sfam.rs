@@ -6,6 +6,7 @@
 //! `sfam_head.safetensors`); see `docs/MODEL.md`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
@@ -15,6 +16,7 @@ use super::clip::{ClipModel, Towers};
 use super::faceres::{self, FaceResBackbone};
 use super::heads::{HeadOutput, SfamHead};
 use super::preprocess::{preprocess_clip, to_tensor};
+use super::training_images::TrainingImages;
 use super::{Backbone, ModelError, Precision};
 use crate::face::align::AlignedFace;
 use crate::face::regions::{REGIONS, region_masks};
@@ -111,6 +113,9 @@ pub struct SfamModel {
     head: SfamHead,
     device: Device,
     precision: Precision,
+    /// The images it was trained on, when its folder says
+    /// ([`super::training_images::TRAINING_IMAGES_FILE`]).
+    training_images: Option<Arc<TrainingImages>>,
 }
 
 impl std::fmt::Debug for SfamModel {
@@ -127,12 +132,20 @@ impl SfamModel {
     /// `faceres.safetensors` when present (the bundled default model), else
     /// the CLIP image tower from `config.json` + `model.safetensors` (its
     /// text tower's keys are skipped: the prompt vectors are stored with the
-    /// head).
+    /// head) — and the list of its training images when the folder has one
+    /// ([`super::training_images::TRAINING_IMAGES_FILE`]).
     ///
     /// # Errors
     /// [`ModelError`] naming the file that is missing or wrong, or the
     /// mismatch between backbone and head.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let mut model = Self::load_networks(dir, device)?;
+        model.training_images = TrainingImages::load(dir)?.map(Arc::new);
+        Ok(model)
+    }
+
+    /// The head and backbone of a model folder.
+    fn load_networks(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let faceres = dir.join(faceres::BACKBONE_FILE);
         if faceres.is_file() {
             let head = SfamHead::load(
@@ -193,7 +206,19 @@ impl SfamModel {
             head,
             device: device.clone(),
             precision: Precision::F32,
+            training_images: None,
         })
+    }
+
+    /// The images this model was trained on, if its folder lists them.
+    #[must_use]
+    pub fn training_images(&self) -> Option<&Arc<TrainingImages>> {
+        self.training_images.as_ref()
+    }
+
+    /// Sets the images this model was trained on.
+    pub fn set_training_images(&mut self, images: Option<Arc<TrainingImages>>) {
+        self.training_images = images;
     }
 
     /// Chooses the precision of the backbone's matrix products (bf16 for a

@@ -43,6 +43,7 @@ use crate::metrics::{Evaluation, EvaluationOptions, SortedScores, ThresholdRule,
 use crate::model::ModelError;
 use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput, SuggestedThreshold};
 use crate::model::preprocess::preprocess_clip;
+use crate::model::training_images::TrainingImages;
 use augment::{
     AugmentOptions, BlendKind, augment, geometric_jitter, mask_to_grid, mirror_landmarks,
     self_blend,
@@ -942,6 +943,20 @@ fn record(sample: &Sample, score: f32) -> ScoreRecord {
     }
 }
 
+/// The content hashes of the training split's files, for the model
+/// folders' `training_images.txt` (scoring warns about images in it).
+fn training_images(samples: &[Sample]) -> Result<TrainingImages, TrainError> {
+    let mut hashes = Vec::new();
+    for s in samples.iter().filter(|s| s.split == Split::Train) {
+        let bytes = std::fs::read(&s.path).map_err(|e| TrainError::Data {
+            path: s.path.clone(),
+            message: format!("cannot read it again to list it ({e})"),
+        })?;
+        hashes.push(*blake3::hash(&bytes).as_bytes());
+    }
+    Ok(TrainingImages::new(hashes))
+}
+
 fn write_split(path: &Path, samples: &[Sample]) -> Result<(), TrainError> {
     crate::data::atomic::write_atomic(path, |w| {
         writeln!(w, "path,dataset,label,group,split")?;
@@ -1197,6 +1212,7 @@ pub fn train(
     }
 
     let mut net = TrainNet::new(&opts.backbone, opts.head_config(), &opts.device, opts.seed)?;
+    net.set_training_images(&training_images(&samples)?);
     let ckpt = opts.out.join("checkpoint");
     let best_dir = opts.out.join("best");
     let fp = fingerprint(opts);

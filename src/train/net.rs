@@ -22,6 +22,7 @@ use crate::model::faceres::{
 };
 use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
 use crate::model::sfam::{HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
+use crate::model::training_images::{TRAINING_IMAGES_FILE, TrainingImages};
 use crate::model::{Backbone, ClipVisionTransformer, ModelError, Weights};
 
 /// Which backbone to train on.
@@ -267,6 +268,9 @@ pub struct TrainNet {
     /// Dropout of the head's inputs while training: the probability and
     /// the seeded generator of the masks (`None`: off, as in validation).
     dropout: RefCell<Option<(f32, ChaCha8Rng)>>,
+    /// The text of `training_images.txt`, written into every saved model
+    /// folder once set.
+    training_images: Option<String>,
 }
 
 /// Initial value of a head tensor, by its key.
@@ -472,6 +476,7 @@ impl TrainNet {
             device: device.clone(),
             norm: None,
             dropout: RefCell::new(None),
+            training_images: None,
         })
     }
 
@@ -795,8 +800,14 @@ impl TrainNet {
         Ok(())
     }
 
-    /// Writes a complete model folder (head config and weights, backbone),
-    /// each file atomically.
+    /// The images it is trained on: listed in every model folder it saves
+    /// ([`TRAINING_IMAGES_FILE`]).
+    pub fn set_training_images(&mut self, images: &TrainingImages) {
+        self.training_images = Some(images.to_text());
+    }
+
+    /// Writes a complete model folder (head config and weights, backbone,
+    /// the list of training images once set), each file atomically.
     ///
     /// # Errors
     /// [`TrainError::Io`] naming the file.
@@ -811,6 +822,9 @@ impl TrainNet {
         })?;
         write_file(&dir.join(HEAD_CONFIG_FILE), json.as_bytes())?;
         save_tensors(&dir.join(HEAD_WEIGHTS_FILE), &var_tensors(&self.head_vars)?)?;
+        if let Some(text) = &self.training_images {
+            write_file(&dir.join(TRAINING_IMAGES_FILE), text.as_bytes())?;
+        }
         match &self.body {
             Body::FaceRes { frozen, .. } => {
                 let mut all = var_tensors(&self.backbone_vars)?;
