@@ -1116,9 +1116,9 @@ impl InspectView {
     #[must_use]
     pub fn face_json(&self, threshold: f64) -> Option<serde_json::Value> {
         let (_, e, f) = self.selected_face()?;
-        let precropped = match &e.state {
-            EntryState::Done(r) => r.precropped,
-            _ => false,
+        let (precropped, trained_on) = match &e.state {
+            EntryState::Done(r) => (r.precropped, r.trained_on),
+            _ => (false, false),
         };
         let model = match &self.model {
             ModelState::Ready(m) => Some(m.dir.display().to_string()),
@@ -1131,6 +1131,7 @@ impl InspectView {
             "detector_score": f.face.score,
             "landmarks": f.face.landmarks,
             "precropped": precropped,
+            "training_image": trained_on,
             "landmarks_aligned": f.aligned.landmarks_aligned,
             "model": model,
             "threshold": threshold,

@@ -341,6 +341,9 @@ fn the_sample_faces_open_in_one_click_from_the_empty_inspect_view() {
             .query_by_label_contains("A training image of this model")
             .is_some();
         assert_eq!(warned, trained.contains(&name.as_str()), "{name}");
+        // The face's exported result says it too.
+        let v = h.state().inspect.face_json(0.5).unwrap();
+        assert_eq!(v["training_image"], warned, "{name}");
     }
     assert!(h.query_by_label("Open the sample faces").is_none());
 }
@@ -443,6 +446,7 @@ fn several_faces_are_selectable_and_results_export() {
     assert_eq!(v["alignment_maps"].as_array().unwrap().len(), 9);
     assert!(v["verdict"] == "fake" || v["verdict"] == "real");
     assert_eq!(v["box"].as_array().unwrap().len(), 4);
+    assert_eq!(v["training_image"], false);
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (224, 224));
 }
