@@ -623,6 +623,49 @@ fn cli_trains_and_reports() {
         }
     }
     assert_eq!(marked.len(), train);
+    // Left out, what remains is the validation split.
+    let held_out = out.path().join("held_out.csv");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data.path())
+        .arg("--model")
+        .arg(out.path().join("best"))
+        .arg("--out")
+        .arg(&held_out)
+        .args(["--skip-training-images", "--no-cache"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(&format!("left out {train} training image(s) of this model")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("warning"), "{stdout}");
+    let rows = sfam_studio::data::scores::read_scores(&held_out).unwrap();
+    assert_eq!(rows.len(), 20 - train);
+    let val: std::collections::HashSet<String> =
+        std::fs::read_to_string(out.path().join("split.csv"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(",val"))
+            .map(|l| l.split(',').next().unwrap().to_owned())
+            .collect();
+    assert!(rows.iter().all(|r| val.contains(&r.path)), "{rows:?}");
+    // A model that does not list them cannot leave them out.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data.path())
+        .arg("--model")
+        .arg(root().join("tests/fixtures/model/tiny_l14"))
+        .arg("--out")
+        .arg(out.path().join("nope.csv"))
+        .args(["--skip-training-images", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("training_images.txt"));
+    assert!(!out.path().join("nope.csv").exists());
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
         .args(["train", "--data", "/nonexistent/data", "--out"])
         .arg(out.path().join("x"))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use serde::Serialize;
 use sfam_studio::data::Label;
 use sfam_studio::data::atomic::write_atomic;
@@ -22,7 +23,7 @@ use sfam_studio::engine::{
 };
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::model::training_images::TRAINING_IMAGES_FILE;
-use sfam_studio::model::{DeviceSpec, Precision};
+use sfam_studio::model::{DeviceSpec, Precision, SfamModel};
 
 use super::embed::resolve_model;
 
@@ -52,6 +53,12 @@ pub struct Args {
     /// Only this split of DeepfakeBench JSON files (train, val, test).
     #[arg(long)]
     pub split: Option<String>,
+    /// Leave the model's own training images out (those whose bytes are in
+    /// its folder's training_images.txt): what is scored is then a test of
+    /// the model. Without it they are scored, and counted and named in the
+    /// summary.
+    #[arg(long)]
+    pub skip_training_images: bool,
 }
 
 /// The scoring engine's options, shared by `sfam score` and `sfam scan`.
@@ -306,6 +313,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let (format, out_dir) = output(&args.out)?;
     let (items, datasets) = find_items(args)?;
     let scoring = args.engine.open(args.max_faces, &args.out)?;
+    let (items, skipped) = if args.skip_training_images {
+        without_training_images(items, scoring.engine().model())?
+    } else {
+        (items, 0)
+    };
     eprintln!(
         "scoring {} images of {} dataset(s) with {}",
         items.len(),
@@ -331,6 +343,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         d.persist(&details_path)?;
     }
     let mut text = summary(&report, "images");
+    if skipped > 0 {
+        let _ = writeln!(
+            text,
+            "left out {skipped} training image(s) of this model (--skip-training-images)"
+        );
+    }
     text.push_str(&trained_on(&report, &items, "images"));
     let _ = writeln!(
         text,
@@ -452,6 +470,32 @@ impl Scoring {
         log.finish();
         Ok(result?)
     }
+}
+
+/// `items` without the model's training images (by content), and how many
+/// were left out. A file that cannot be read stays: scoring reports it.
+fn without_training_images(items: Vec<Item>, model: &SfamModel) -> Result<(Vec<Item>, usize)> {
+    let Some(list) = model.training_images() else {
+        bail!(
+            "--skip-training-images: this model folder does not list its training images \
+             (no {TRAINING_IMAGES_FILE})"
+        );
+    };
+    let trained: Vec<bool> = items
+        .par_iter()
+        .map(|item| std::fs::read(&item.path).is_ok_and(|bytes| list.contains_bytes(&bytes)))
+        .collect();
+    let total = items.len();
+    let kept: Vec<Item> = items
+        .into_iter()
+        .zip(trained)
+        .filter_map(|(item, t)| (!t).then_some(item))
+        .collect();
+    if kept.is_empty() {
+        bail!("every image found is a training image of this model: nothing left to test it on");
+    }
+    let skipped = total - kept.len();
+    Ok((kept, skipped))
 }
 
 /// The images under the roots, and the number of datasets; discovery
