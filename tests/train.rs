@@ -559,6 +559,88 @@ fn killed_run_resumes_from_its_checkpoint() {
     assert!(matches!(third, Err(TrainError::Options(_))));
 }
 
+/// `sfam score` of a run's data with its `best/`: the training images are
+/// counted and marked, or left out with `--skip-training-images`.
+fn scoring_knows_the_training_images(data: &Path, run: &Path) {
+    // Scoring the training data with the trained model says how many of
+    // the images it was trained on, and the details mark each.
+    let train = std::fs::read_to_string(run.join("split.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(",train"))
+        .count();
+    let scores = run.join("scores.csv");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data)
+        .arg("--model")
+        .arg(run.join("best"))
+        .arg("--out")
+        .arg(&scores)
+        .args(["--details", "--no-cache"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "warning: {train} of the 20 scored images are training images of this model"
+        )),
+        "{stdout}"
+    );
+    let details = std::fs::read_to_string(run.join("scores.csv.details.jsonl")).unwrap();
+    let mut marked = std::collections::HashSet::new();
+    for line in details.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["training_image"] == serde_json::Value::Bool(true) {
+            marked.insert(v["path"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(marked.len(), train);
+    // Left out, what remains is the validation split.
+    let held_out = run.join("held_out.csv");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data)
+        .arg("--model")
+        .arg(run.join("best"))
+        .arg("--out")
+        .arg(&held_out)
+        .args(["--skip-training-images", "--no-cache"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(&format!("left out {train} training image(s) of this model")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("warning"), "{stdout}");
+    let rows = sfam_studio::data::scores::read_scores(&held_out).unwrap();
+    assert_eq!(rows.len(), 20 - train);
+    let val: std::collections::HashSet<String> = std::fs::read_to_string(run.join("split.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(",val"))
+        .map(|l| l.split(',').next().unwrap().to_owned())
+        .collect();
+    assert!(rows.iter().all(|r| val.contains(&r.path)), "{rows:?}");
+    // A model that does not list them cannot leave them out.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data)
+        .arg("--model")
+        .arg(root().join("tests/fixtures/model/tiny_l14"))
+        .arg("--out")
+        .arg(run.join("nope.csv"))
+        .args(["--skip-training-images", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("training_images.txt"));
+    assert!(!run.join("nope.csv").exists());
+}
+
 #[test]
 fn cli_trains_and_reports() {
     let data = sample_tree();
@@ -588,84 +670,7 @@ fn cli_trains_and_reports() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("epoch 1 (finetune) done"), "{err}");
     assert!(out.path().join("best/sfam_head.json").is_file());
-    // Scoring the training data with the trained model says how many of
-    // the images it was trained on, and the details mark each.
-    let train = std::fs::read_to_string(out.path().join("split.csv"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.ends_with(",train"))
-        .count();
-    let scores = out.path().join("scores.csv");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .arg("score")
-        .arg(data.path())
-        .arg("--model")
-        .arg(out.path().join("best"))
-        .arg("--out")
-        .arg(&scores)
-        .args(["--details", "--no-cache"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        stdout.contains(&format!(
-            "warning: {train} of the 20 scored images are training images of this model"
-        )),
-        "{stdout}"
-    );
-    let details = std::fs::read_to_string(out.path().join("scores.csv.details.jsonl")).unwrap();
-    let mut marked = std::collections::HashSet::new();
-    for line in details.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        if v["training_image"] == serde_json::Value::Bool(true) {
-            marked.insert(v["path"].as_str().unwrap().to_owned());
-        }
-    }
-    assert_eq!(marked.len(), train);
-    // Left out, what remains is the validation split.
-    let held_out = out.path().join("held_out.csv");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .arg("score")
-        .arg(data.path())
-        .arg("--model")
-        .arg(out.path().join("best"))
-        .arg("--out")
-        .arg(&held_out)
-        .args(["--skip-training-images", "--no-cache"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        stdout.contains(&format!("left out {train} training image(s) of this model")),
-        "{stdout}"
-    );
-    assert!(!stdout.contains("warning"), "{stdout}");
-    let rows = sfam_studio::data::scores::read_scores(&held_out).unwrap();
-    assert_eq!(rows.len(), 20 - train);
-    let val: std::collections::HashSet<String> =
-        std::fs::read_to_string(out.path().join("split.csv"))
-            .unwrap()
-            .lines()
-            .filter(|l| l.ends_with(",val"))
-            .map(|l| l.split(',').next().unwrap().to_owned())
-            .collect();
-    assert!(rows.iter().all(|r| val.contains(&r.path)), "{rows:?}");
-    // A model that does not list them cannot leave them out.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .arg("score")
-        .arg(data.path())
-        .arg("--model")
-        .arg(root().join("tests/fixtures/model/tiny_l14"))
-        .arg("--out")
-        .arg(out.path().join("nope.csv"))
-        .args(["--skip-training-images", "--no-cache"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("training_images.txt"));
-    assert!(!out.path().join("nope.csv").exists());
+    scoring_knows_the_training_images(data.path(), out.path());
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
         .args(["train", "--data", "/nonexistent/data", "--out"])
         .arg(out.path().join("x"))

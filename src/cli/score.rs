@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub split: Option<String>,
     /// Leave the model's own training images out (those whose bytes are in
-    /// its folder's training_images.txt): what is scored is then a test of
+    /// its folder's `training_images.txt`): what is scored is then a test of
     /// the model. Without it they are scored, and counted and named in the
     /// summary.
     #[arg(long)]
