@@ -471,6 +471,7 @@ impl DatasetsView {
         &mut self,
         model: PathBuf,
         video_agg: Option<VideoAgg>,
+        skip_trained: bool,
         repaint: Option<egui::Context>,
     ) -> Result<(), String> {
         let Some(found) = self.discovery.clone() else {
@@ -483,7 +484,7 @@ impl DatasetsView {
         let cache_root = self.cache_root.clone();
         let title = format!("scoring with {}", model.display());
         self.score_job = Some(Job::spawn("score-datasets", title, repaint, move |ctx| {
-            score_datasets(&found, &model, &cache_root, video_agg, ctx)
+            score_datasets(&found, &model, &cache_root, video_agg, skip_trained, ctx)
         })?);
         Ok(())
     }
@@ -587,6 +588,7 @@ impl DatasetsView {
         &mut self,
         ui: &mut Ui,
         threshold: &mut f64,
+        skip_trained: &mut bool,
         model: Option<ModelInUse<'_>>,
     ) -> Vec<Request> {
         let mut requests = Vec::new();
@@ -625,7 +627,7 @@ impl DatasetsView {
         if let Some(job) = &self.compare_job {
             job_row(ui, job, "Cancel");
         }
-        self.discovery_ui(ui, model, &mut requests);
+        self.discovery_ui(ui, model, skip_trained, &mut requests);
         ui.separator();
         let Some(loaded) = self.loaded.clone() else {
             ui.label("No scores yet. Open a score table (CSV `path,dataset,label,score[,video]` or JSON) written by `sfam score` or by any other detector.");
@@ -740,6 +742,7 @@ impl DatasetsView {
         &self,
         ui: &mut Ui,
         model: Option<ModelInUse<'_>>,
+        skip_trained: &mut bool,
         requests: &mut Vec<Request>,
     ) {
         if self.discover_job.is_some() {
@@ -771,12 +774,18 @@ impl DatasetsView {
                 }
             },
         );
-        self.scoring_ui(ui, model, requests);
+        self.scoring_ui(ui, model, skip_trained, requests);
     }
 
     /// The "Score with model" row, the running job's progress and the last
     /// run's summary.
-    fn scoring_ui(&self, ui: &mut Ui, model: Option<ModelInUse<'_>>, requests: &mut Vec<Request>) {
+    fn scoring_ui(
+        &self,
+        ui: &mut Ui,
+        model: Option<ModelInUse<'_>>,
+        skip_trained: &mut bool,
+        requests: &mut Vec<Request>,
+    ) {
         let busy = self.score_job.is_some() || self.discover_job.is_some();
         ui.horizontal_wrapped(|ui| {
             if ui
@@ -786,6 +795,12 @@ impl DatasetsView {
             {
                 requests.push(Request::ScoreDatasets);
             }
+            ui.checkbox(skip_trained, "leave out the model's training images")
+                .on_hover_text(
+                    "images whose bytes are in the model folder's training_images.txt are \
+                     not scored, so that the evaluation is a test of the model \
+                     (sfam score --skip-training-images)",
+                );
             match model {
                 Some(m) => ui.label(format!(
                     "model: {} ({})",
@@ -823,6 +838,20 @@ impl DatasetsView {
                     "{} scores could not be written to the cache (they will be computed again next time).",
                     run.cache_write_failures
                 ));
+            }
+            match run.left_out {
+                Some(0) | None => {}
+                Some(n) => {
+                    ui.label(format!("{n} training images of the model left out."));
+                }
+            }
+            if run.left_out.is_none() && *skip_trained {
+                ui.label(
+                    RichText::new(
+                        "(This model does not list its training images: none could be left out.)",
+                    )
+                    .weak(),
+                );
             }
             if p.trained_on > 0 {
                 ui.colored_label(

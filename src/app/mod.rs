@@ -54,6 +54,8 @@ pub struct Settings {
     pub inspect_threshold_auto: bool,
     /// Photos without a detected face are used whole as tight face crops.
     pub tight_crops: bool,
+    /// Scoring datasets leaves out the model's own training images.
+    pub skip_training_images: bool,
     /// The Train view's run settings.
     pub train: TrainForm,
 }
@@ -70,6 +72,7 @@ impl Default for Settings {
             inspect_threshold: 0.5,
             inspect_threshold_auto: true,
             tight_crops: true,
+            skip_training_images: false,
             train: TrainForm::default(),
         }
     }
@@ -265,10 +268,12 @@ impl SfamApp {
                 .push("no model to score with: choose a model folder in the Inspect view".into());
             return;
         };
-        if let Err(e) =
-            self.datasets
-                .start_scoring(dir, self.settings.video_agg, self.repaint.clone())
-        {
+        if let Err(e) = self.datasets.start_scoring(
+            dir,
+            self.settings.video_agg,
+            self.settings.skip_training_images,
+            self.repaint.clone(),
+        ) {
             self.errors.push(e);
         }
     }
@@ -742,7 +747,12 @@ impl SfamApp {
                     dir,
                     bundled: *bundled,
                 });
-                let requests = self.datasets.ui(ui, &mut self.settings.threshold, model);
+                let requests = self.datasets.ui(
+                    ui,
+                    &mut self.settings.threshold,
+                    &mut self.settings.skip_training_images,
+                    model,
+                );
                 for r in requests {
                     match r {
                         Request::OpenScoresDialog => self.dialog(DialogKind::OpenScores),

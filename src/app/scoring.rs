@@ -10,7 +10,9 @@ use std::sync::Arc;
 use candle_core::Device;
 use sfam_studio::data::datasets::Discovery;
 use sfam_studio::data::scores::ScoreRecord;
-use sfam_studio::engine::{Engine, EngineError, EngineOptions, Event, Item, Progress};
+use sfam_studio::engine::{
+    Engine, EngineError, EngineOptions, Event, Item, Progress, without_training_images,
+};
 use sfam_studio::metrics::VideoAgg;
 
 use super::datasets::{Loaded, evaluate};
@@ -47,6 +49,9 @@ pub struct ScoredRun {
     pub cache_dir: PathBuf,
     /// Cache entries that could not be written.
     pub cache_write_failures: usize,
+    /// The model's training images left out before scoring (`None`: not
+    /// asked, or the model does not list them).
+    pub left_out: Option<usize>,
 }
 
 /// How a scoring job ended.
@@ -82,6 +87,7 @@ pub fn score_datasets(
     model_dir: &Path,
     cache_root: &Path,
     video_agg: Option<VideoAgg>,
+    skip_trained: bool,
     ctx: &Ctx<ScoreOutcome>,
 ) -> ScoreOutcome {
     let items = Item::from_discovery(discovery);
@@ -97,6 +103,23 @@ pub fn score_datasets(
                 model_dir.display()
             ));
         }
+    };
+    let (items, left_out) = match engine.model().training_images() {
+        Some(list) if skip_trained => {
+            ctx.progress(
+                0.0,
+                format!("looking for training images among {}", items.len()),
+            );
+            let (kept, n) = without_training_images(items, list);
+            if kept.is_empty() {
+                return ScoreOutcome::Failed(
+                    "every image is a training image of this model: nothing left to test it on"
+                        .into(),
+                );
+            }
+            (kept, Some(n))
+        }
+        _ => (items, None),
     };
     if ctx.cancelled() {
         return ScoreOutcome::Cancelled(Progress {
@@ -162,6 +185,7 @@ pub fn score_datasets(
             progress: report.progress,
             cache_dir: cache.dir().to_path_buf(),
             cache_write_failures: report.cache_write_failures,
+            left_out,
             records,
         },
     )

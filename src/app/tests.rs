@@ -866,6 +866,15 @@ fn dataset_folders_are_scored_with_the_model_and_rescored_from_the_cache() {
         again.eval.cross_auc.matrix[0][1].value(),
         c.matrix[0][1].value()
     );
+    // Asked to leave out the training images of a model that does not
+    // list them: all scored, and said so.
+    h.state_mut().settings.skip_training_images = true;
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    scored(&mut h);
+    let run = h.state().datasets.scored.as_ref().unwrap();
+    assert_eq!((run.left_out, run.records.len()), (None, 8));
+    h.get_by_label_contains("does not list its training images");
 }
 
 #[test]
@@ -920,6 +929,20 @@ fn the_sample_faces_score_in_one_click_from_the_empty_datasets_view() {
     h.get_by_label_contains("2 of these images trained this model");
     let p = h.state().datasets.scored.as_ref().unwrap().progress;
     assert_eq!(p.trained_on, 2);
+    // Scored again without them: 18 images, none a training image.
+    h.get_by_label("leave out the model's training images")
+        .click();
+    h.run_steps(1);
+    assert!(h.state().settings.skip_training_images);
+    h.get_by_label("Score with model").click();
+    h.run_steps(1);
+    step_until(&mut h, |a| a.datasets.score_job.is_none());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let run = h.state().datasets.scored.as_ref().unwrap();
+    assert_eq!((run.left_out, run.records.len()), (Some(2), 18));
+    assert_eq!(run.progress.trained_on, 0);
+    h.get_by_label("2 training images of the model left out.");
+    assert!(h.query_by_label_contains("trained this model").is_none());
     // Once there are scores the offer is gone.
     assert!(h.query_by_label("Score the sample faces").is_none());
 }

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde::Serialize;
 use sfam_studio::data::Label;
 use sfam_studio::data::atomic::write_atomic;
 use sfam_studio::data::datasets::{DiscoverOptions, discover};
 use sfam_studio::data::scores::{ScoreFormat, write_scores};
 use sfam_studio::engine::{
-    CACHE_SUFFIX, Cache, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress, Report,
-    Source,
+    self, CACHE_SUFFIX, Cache, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress,
+    Report, Source,
 };
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::model::training_images::TRAINING_IMAGES_FILE;
@@ -473,7 +472,7 @@ impl Scoring {
 }
 
 /// `items` without the model's training images (by content), and how many
-/// were left out. A file that cannot be read stays: scoring reports it.
+/// were left out.
 fn without_training_images(items: Vec<Item>, model: &SfamModel) -> Result<(Vec<Item>, usize)> {
     let Some(list) = model.training_images() else {
         bail!(
@@ -481,20 +480,10 @@ fn without_training_images(items: Vec<Item>, model: &SfamModel) -> Result<(Vec<I
              (no {TRAINING_IMAGES_FILE})"
         );
     };
-    let trained: Vec<bool> = items
-        .par_iter()
-        .map(|item| std::fs::read(&item.path).is_ok_and(|bytes| list.contains_bytes(&bytes)))
-        .collect();
-    let total = items.len();
-    let kept: Vec<Item> = items
-        .into_iter()
-        .zip(trained)
-        .filter_map(|(item, t)| (!t).then_some(item))
-        .collect();
+    let (kept, skipped) = engine::without_training_images(items, list);
     if kept.is_empty() {
         bail!("every image found is a training image of this model: nothing left to test it on");
     }
-    let skipped = total - kept.len();
     Ok((kept, skipped))
 }
 

@@ -45,6 +45,7 @@ use crate::data::Label;
 use crate::data::datasets::Discovery;
 use crate::data::scores::ScoreRecord;
 use crate::face::{Face, FaceError, FaceOptions, ImageFacesError};
+use crate::model::training_images::TrainingImages;
 use crate::model::{ModelError, SfamOutput};
 
 /// Version of everything between an image file and the model's input:
@@ -370,6 +371,27 @@ pub enum Event<'a> {
     },
     /// The counters, after each image.
     Progress(Progress),
+}
+
+/// `items` without those whose file's bytes are in `list` (a model's
+/// training images), and how many were left out; the files are read and
+/// hashed in parallel. A file that cannot be read stays: scoring reports
+/// it.
+#[must_use]
+pub fn without_training_images(items: Vec<Item>, list: &TrainingImages) -> (Vec<Item>, usize) {
+    use rayon::prelude::*;
+    let trained: Vec<bool> = items
+        .par_iter()
+        .map(|item| std::fs::read(&item.path).is_ok_and(|bytes| list.contains_bytes(&bytes)))
+        .collect();
+    let total = items.len();
+    let kept: Vec<Item> = items
+        .into_iter()
+        .zip(trained)
+        .filter_map(|(item, t)| (!t).then_some(item))
+        .collect();
+    let left_out = total - kept.len();
+    (kept, left_out)
 }
 
 /// The result of a whole run.
