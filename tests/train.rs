@@ -559,6 +559,23 @@ fn killed_run_resumes_from_its_checkpoint() {
     assert!(matches!(third, Err(TrainError::Options(_))));
 }
 
+/// `sfam score DATA --model MODEL --out OUT OPTION --no-cache`, which must
+/// succeed; its standard output.
+fn score_with(data: &Path, model: &Path, out: &Path, option: &str) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
+        .arg("score")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .args([option, "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `sfam score` of a run's data with its `best/`: the training images are
 /// counted and marked, or left out with `--skip-training-images`.
 fn scoring_knows_the_training_images(data: &Path, run: &Path) {
@@ -570,18 +587,7 @@ fn scoring_knows_the_training_images(data: &Path, run: &Path) {
         .filter(|l| l.ends_with(",train"))
         .count();
     let scores = run.join("scores.csv");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .arg("score")
-        .arg(data)
-        .arg("--model")
-        .arg(run.join("best"))
-        .arg("--out")
-        .arg(&scores)
-        .args(["--details", "--no-cache"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = score_with(data, &run.join("best"), &scores, "--details");
     assert!(
         stdout.contains(&format!(
             "warning: {train} of the 20 scored images are training images of this model"
@@ -599,18 +605,7 @@ fn scoring_knows_the_training_images(data: &Path, run: &Path) {
     assert_eq!(marked.len(), train);
     // Left out, what remains is the validation split.
     let held_out = run.join("held_out.csv");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sfam"))
-        .arg("score")
-        .arg(data)
-        .arg("--model")
-        .arg(run.join("best"))
-        .arg("--out")
-        .arg(&held_out)
-        .args(["--skip-training-images", "--no-cache"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = score_with(data, &run.join("best"), &held_out, "--skip-training-images");
     assert!(
         stdout.contains(&format!("left out {train} training image(s) of this model")),
         "{stdout}"
