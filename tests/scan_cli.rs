@@ -297,3 +297,41 @@ fn scans_that_cannot_proceed_exit_non_zero_with_a_reason() {
     );
     assert!(!out.exists());
 }
+
+/// A model that lists one of the photos as its training image: its row
+/// says so, and the summary warns (by content: the photo was renamed).
+#[test]
+fn a_training_image_of_the_model_is_marked_and_counted() {
+    use sfam_studio::model::training_images::{TRAINING_IMAGES_FILE, TrainingImages};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(tiny()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let trained = std::fs::read(root().join("assets/samples/ciplab_real_real_00128.jpg")).unwrap();
+    let list = TrainingImages::of_bytes([trained.as_slice()]);
+    std::fs::write(model.join(TRAINING_IMAGES_FILE), list.to_text()).unwrap();
+    let (folder, _, _) = photos(dir.path());
+    let out = dir.path().join("faces.csv");
+    let o = succeeds(&["scan", s(&folder), "--out", s(&out), "--model", s(&model)]);
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("warning: 1 of the 3 scored photos are training images of this model"),
+        "{stdout}"
+    );
+    let (header, rows) = csv_rows(&out);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let marked: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("path")].as_str(), r[col("training_image")].as_str()))
+        .collect();
+    let a = folder.join("a.jpg");
+    let c = folder.join("c.jpg");
+    let b = folder.join("more/b.jpg");
+    assert_eq!(
+        marked,
+        [(s(&a), "true"), (s(&c), "false"), (s(&b), "false")]
+    );
+}

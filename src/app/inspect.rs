@@ -1026,10 +1026,11 @@ impl InspectView {
         }
     }
 
-    /// Every inspected photo with its faces as the engine reports them
-    /// (for the face table: `engine::table`), in the order opened.
+    /// Every inspected photo with its faces as the engine reports them,
+    /// and whether it is one of the model's training images (for the face
+    /// table: `engine::table`), in the order opened.
     #[must_use]
-    pub fn face_table(&self) -> Vec<(PathBuf, ImageScore)> {
+    pub fn face_table(&self) -> Vec<(PathBuf, ImageScore, bool)> {
         self.entries
             .iter()
             .filter_map(|e| match &e.state {
@@ -1048,6 +1049,7 @@ impl InspectView {
                             precropped: r.precropped,
                             faces,
                         },
+                        r.trained_on,
                     ))
                 }
                 _ => None,

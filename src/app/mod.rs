@@ -558,7 +558,9 @@ impl SfamApp {
             write_atomic(p, |w| {
                 write_face_table(
                     w,
-                    photos.iter().map(|(path, image)| (path.as_path(), image)),
+                    photos
+                        .iter()
+                        .map(|(path, image, trained)| (path.as_path(), image, *trained)),
                     threshold,
                     format,
                 )

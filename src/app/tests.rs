@@ -480,7 +480,7 @@ fn a_folder_is_ordered_by_suspicion_and_its_faces_export_as_a_table() {
     let threshold = h.state().settings.inspect_threshold;
     let likely_fake = photos
         .iter()
-        .flat_map(|(_, p)| &p.faces)
+        .flat_map(|(_, p, _)| &p.faces)
         .filter(|f| f64::from(f.score) >= threshold)
         .count();
     h.get_by_label(&format!(

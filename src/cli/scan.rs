@@ -206,9 +206,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
     eprintln!("threshold {threshold:.4} ({why})");
     let mut table = Table::new(&out_dir, format, args.top)?;
-    let report = scoring.run(&items, |item, outcome, _| {
+    let report = scoring.run(&items, |item, outcome, trained_on| {
         if let Outcome::Scored { score, .. } = outcome {
-            for row in face_rows(&item.path, score, threshold) {
+            for row in face_rows(&item.path, score, trained_on, threshold) {
                 table.add(&row);
             }
         }

@@ -45,13 +45,16 @@ pub struct FaceRow<'a> {
     pub top_region: &'a str,
     /// That part (positive: towards fake).
     pub top_region_part: f32,
+    /// The photo is one of the model's training images (its bytes are in
+    /// the model folder's `training_images.txt`): no test of the model.
+    pub training_image: bool,
     /// Everything the model says about the face.
     #[serde(flatten)]
     pub detail: &'a FaceScore,
 }
 
 /// The CSV's columns, in order.
-pub const CSV_HEADER: [&str; 15] = [
+pub const CSV_HEADER: [&str; 16] = [
     "path",
     "face",
     "faces_found",
@@ -67,6 +70,7 @@ pub const CSV_HEADER: [&str; 15] = [
     "x2",
     "y2",
     "detector_score",
+    "training_image",
 ];
 
 impl FaceRow<'_> {
@@ -88,13 +92,20 @@ impl FaceRow<'_> {
         ];
         r.extend(d.bbox.iter().map(ToString::to_string));
         r.push(d.detector_score.to_string());
+        r.push(self.training_image.to_string());
         r
     }
 }
 
-/// Every face of one scored photo, as rows, largest face first.
+/// Every face of one scored photo, as rows, largest face first;
+/// `training_image`: the photo is one of the model's training images.
 #[must_use]
-pub fn face_rows<'a>(path: &Path, image: &'a ImageScore, threshold: f64) -> Vec<FaceRow<'a>> {
+pub fn face_rows<'a>(
+    path: &Path,
+    image: &'a ImageScore,
+    training_image: bool,
+    threshold: f64,
+) -> Vec<FaceRow<'a>> {
     image
         .faces
         .iter()
@@ -115,6 +126,7 @@ pub fn face_rows<'a>(path: &Path, image: &'a ImageScore, threshold: f64) -> Vec<
                 verdict: verdict(detail.score, threshold),
                 top_region,
                 top_region_part,
+                training_image,
                 detail,
             }
         })
@@ -178,19 +190,20 @@ impl FaceTable {
     }
 }
 
-/// Writes a whole table of these photos' faces.
+/// Writes a whole table of these photos' faces (each photo with whether
+/// it is one of the model's training images).
 ///
 /// # Errors
 /// The writer's.
 pub fn write_face_table<'a>(
     w: &mut (impl Write + ?Sized),
-    photos: impl IntoIterator<Item = (&'a Path, &'a ImageScore)>,
+    photos: impl IntoIterator<Item = (&'a Path, &'a ImageScore, bool)>,
     threshold: f64,
     format: ScoreFormat,
 ) -> io::Result<()> {
     let mut table = FaceTable::start(format, w)?;
-    for (path, image) in photos {
-        for row in face_rows(path, image, threshold) {
+    for (path, image, trained) in photos {
+        for row in face_rows(path, image, trained, threshold) {
             table.add(w, &row)?;
         }
     }
@@ -241,7 +254,7 @@ mod tests {
     #[test]
     fn rows_carry_the_verdict_and_the_largest_part_in_size() {
         let p = photo();
-        let rows = face_rows(Path::new("a/b.jpg"), &p, 0.5);
+        let rows = face_rows(Path::new("a/b.jpg"), &p, false, 0.5);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].face, rows[0].verdict), (0, "fake"));
         assert_eq!(
@@ -253,13 +266,16 @@ mod tests {
         assert_eq!(rows[1].top_region_part, -0.7);
         // At the threshold itself: fake.
         let at = f64::from(p.faces[0].score);
-        assert_eq!(face_rows(Path::new("x"), &p, at)[0].verdict, "fake");
+        assert_eq!(face_rows(Path::new("x"), &p, false, at)[0].verdict, "fake");
     }
 
     #[test]
     fn csv_and_json_tables_hold_every_face() {
         let p = photo();
-        let photos = [(Path::new("a,b.jpg"), &p), (Path::new("c.jpg"), &p)];
+        let photos = [
+            (Path::new("a,b.jpg"), &p, false),
+            (Path::new("c.jpg"), &p, true),
+        ];
         let mut csv = Vec::new();
         write_face_table(&mut csv, photos, 0.5, ScoreFormat::Csv).unwrap();
         let mut r = csv::Reader::from_reader(csv.as_slice());
@@ -271,6 +287,9 @@ mod tests {
         assert_eq!(&rows[1][4], "real");
         let bbox: Vec<&str> = (10..14).map(|i| &rows[0][i]).collect();
         assert_eq!(bbox, ["1", "2", "30", "40"]);
+        // The training image: both faces of the second photo.
+        let trained: Vec<&str> = rows.iter().map(|r| &r[15]).collect();
+        assert_eq!(trained, ["false", "false", "true", "true"]);
 
         let mut json = Vec::new();
         write_face_table(&mut json, photos, 0.5, ScoreFormat::Json).unwrap();
@@ -279,6 +298,8 @@ mod tests {
         assert_eq!(a.len(), 4);
         assert_eq!(a[2]["path"], "c.jpg");
         assert_eq!(a[2]["verdict"], "fake");
+        assert_eq!(a[0]["training_image"], false);
+        assert_eq!(a[2]["training_image"], true);
         assert_eq!(a[2]["size"], serde_json::json!([64, 48]));
         assert_eq!(a[2]["region_contributions"].as_array().unwrap().len(), 3);
 
