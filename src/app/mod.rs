@@ -283,10 +283,15 @@ impl SfamApp {
     pub fn open_samples(&mut self) {
         match self.inspect.samples.as_ref().and_then(|m| m.parent()) {
             Some(dir) => self.open_image_folder(dir.to_path_buf()),
-            None => self.errors.push(format!(
-                "the sample faces were not found ({SAMPLES_MANIFEST})"
-            )),
+            None => self.samples_missing(),
         }
+    }
+
+    /// Says that the bundled sample faces are not where the app looks.
+    fn samples_missing(&mut self) {
+        self.errors.push(format!(
+            "the sample faces were not found ({SAMPLES_MANIFEST})"
+        ));
     }
 
     /// Adds the bundled sample faces to the Datasets view as three small
@@ -294,9 +299,7 @@ impl SfamApp {
     /// soon as they are found.
     pub fn score_samples(&mut self) {
         let Some(manifest) = self.datasets.samples.clone() else {
-            self.errors.push(format!(
-                "the sample faces were not found ({SAMPLES_MANIFEST})"
-            ));
+            self.samples_missing();
             return;
         };
         if self.model_in_use().is_none() {
