@@ -123,6 +123,7 @@ fn full_size() -> (Arc<SfamModel>, ModelId, &'static str) {
             .collect(),
         backbone: Some("random ViT-B/16".into()),
         threshold: None,
+        training: None,
     };
     let hw = Weights::random(DType::F32, &device);
     let head = SfamHead::from_weights(head_cfg, &hw).unwrap();

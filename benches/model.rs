@@ -40,6 +40,7 @@ fn head_config(dim: usize) -> HeadConfig {
             .collect(),
         backbone: Some("random ViT-B/16".into()),
         threshold: None,
+        training: None,
     }
 }
 

@@ -112,7 +112,11 @@ impl Ae {
 fn batch(faces: &[u8], rows: &[usize]) -> Tensor {
     let mut flat = Vec::with_capacity(rows.len() * ROW);
     for &r in rows {
-        flat.extend(faces[r * ROW..(r + 1) * ROW].iter().map(|&v| f32::from(v) / 255.0));
+        flat.extend(
+            faces[r * ROW..(r + 1) * ROW]
+                .iter()
+                .map(|&v| f32::from(v) / 255.0),
+        );
     }
     Tensor::from_vec(flat, (rows.len(), SIZE, SIZE, 3), &Device::Cpu)
         .unwrap()
@@ -203,7 +207,12 @@ fn main() {
         opt.backward_step(&loss).unwrap();
         if step % 20 == 0 || step + 1 == steps {
             let l = loss.to_scalar::<f32>().unwrap();
-            writeln!(log, "step {step} L1 {l:.4} {:.0} s", t0.elapsed().as_secs_f32()).unwrap();
+            writeln!(
+                log,
+                "step {step} L1 {l:.4} {:.0} s",
+                t0.elapsed().as_secs_f32()
+            )
+            .unwrap();
             eprintln!("step {step} L1 {l:.4} {:.0} s", t0.elapsed().as_secs_f32());
         }
     }
@@ -212,8 +221,9 @@ fn main() {
     // Every row re-drawn (rows without a face stay zeros), then described.
     let weights = std::env::var("SFAM_STUDY_FACERES")
         .unwrap_or_else(|_| "models/faceres/faceres.safetensors".into());
-    let net = sfam_studio::model::faceres::FaceRes::load(std::path::Path::new(&weights), &Device::Cpu)
-        .unwrap();
+    let net =
+        sfam_studio::model::faceres::FaceRes::load(std::path::Path::new(&weights), &Device::Cpu)
+            .unwrap();
     let mut recon = std::fs::File::create(out.join("recon224.u8")).unwrap();
     let mut desc = std::fs::File::create(out.join("recon.f32")).unwrap();
     let all: Vec<usize> = (0..rows.len()).collect();

@@ -249,3 +249,45 @@ fn the_training_images_list_is_the_complement_of_the_validation_split() {
     }
     assert_eq!((training, held_out), (5795, 1471));
 }
+
+/// `sfam_head.json` says what the bundled model was trained on
+/// (`training_entry.py`): its validation counts are `val_split.csv`'s, its
+/// training images are the 5795 of `training_images.txt`, its validation
+/// AUCs and epoch are `card.json`'s.
+#[test]
+fn the_bundled_model_says_what_it_was_trained_on() {
+    let model = SfamModel::load(&dir(), &Device::Cpu).unwrap();
+    let t = model
+        .head()
+        .config()
+        .training
+        .clone()
+        .expect("models/default/sfam_head.json has a training entry");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("card.json")).unwrap()).unwrap();
+    let mut val = csv::Reader::from_path(dir().join("val_split.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = val.records().map(Result::unwrap).collect();
+    let names: Vec<&str> = t.datasets.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["ciplab", "dfdc", "ffhq_stylegan2"]);
+    for d in &t.datasets {
+        let count = |label: &str| {
+            rows.iter()
+                .filter(|r| &r[2] == d.name.as_str() && &r[1] == label)
+                .count()
+        };
+        assert_eq!((d.val_real, d.val_fake), (count("real"), count("fake")));
+        let want = card["val_auc"][&d.name].as_f64().unwrap();
+        assert_eq!(d.val_auc, Some(want), "{}", d.name);
+    }
+    let trained: usize = t.datasets.iter().map(|d| d.train_real + d.train_fake).sum();
+    assert_eq!(trained, model.training_images().unwrap().len());
+    assert_eq!(
+        t.validated,
+        format!("epoch {}", card["best_epoch"].as_u64().unwrap())
+    );
+    let note = model.head().config().training_note();
+    assert!(
+        note.contains("ciplab (676 real, 619 fake)") && note.contains("ffhq_stylegan2 0.958"),
+        "{note}"
+    );
+}

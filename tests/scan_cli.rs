@@ -335,3 +335,55 @@ fn a_training_image_of_the_model_is_marked_and_counted() {
         [(s(&a), "true"), (s(&c), "false"), (s(&b), "false")]
     );
 }
+
+/// The summary says what the model was trained on, from its
+/// `sfam_head.json`, with the caveat about other kinds of faces; so does
+/// `sfam inspect` (on stderr, clear of its JSON). A model that does not
+/// record it is said to.
+#[test]
+fn the_summary_says_what_the_model_was_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(tiny()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
+    let out = dir.path().join("faces.csv");
+    let caveat = "a low score is no proof that a face is real";
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&model)]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("the model: what it was trained on is not recorded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(caveat), "{stdout}");
+    let head = model.join("sfam_head.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    cfg["training"] = serde_json::json!({
+        "datasets": [{"name": "lab", "train_real": 40, "train_fake": 30,
+                      "val_real": 9, "val_fake": 8, "val_auc": 0.75}],
+        "validated": "epoch 5"
+    });
+    std::fs::write(&head, cfg.to_string()).unwrap();
+    let o = sfam(&["scan", s(&photo), "--out", s(&out), "--model", s(&model)]);
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains(
+            "the model: trained on lab (40 real, 30 fake); validation AUC (epoch 5): lab 0.750"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains(caveat), "{stdout}");
+    let o = sfam(&["inspect", s(&photo), "--json", "--model", s(&model)]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("trained on lab (40 real, 30 fake)"),
+        "{}",
+        text(&o.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+}

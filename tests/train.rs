@@ -116,6 +116,7 @@ fn reload_and_rescore(best: &Path) {
         .collect();
     assert!(!recorded.is_empty());
     check_suggested_threshold(&model, best);
+    check_training_data(&model, best);
     check_training_images(&model, best, recorded.keys());
     for (path, score) in &recorded {
         let faces = detector.faces_in_image(Path::new(path), FaceOptions { tight_crops: true });
@@ -153,6 +154,62 @@ fn check_training_images<'a>(
     for p in validation {
         assert!(!listed.contains_bytes(&std::fs::read(p).unwrap()), "{p}");
     }
+}
+
+/// `best/` says what it was trained on: each dataset's images on each
+/// side of the run's `split.csv`, and the validation AUC of its recorded
+/// scores.
+fn check_training_data(model: &SfamModel, best: &Path) {
+    let t = model
+        .head()
+        .config()
+        .training
+        .clone()
+        .expect("best/ records its training data");
+    let split = std::fs::read_to_string(best.parent().unwrap().join("split.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = split
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let count = |d: &str, label: &str, side: &str| {
+        rows.iter()
+            .filter(|r| r[1] == d && r[2] == label && r[4] == side)
+            .count()
+    };
+    let scores = read_scores(&best.join("val_scores.csv")).unwrap();
+    assert!(!t.datasets.is_empty());
+    assert_eq!(
+        t.datasets
+            .iter()
+            .map(|d| d.train_real + d.train_fake + d.val_real + d.val_fake)
+            .sum::<usize>(),
+        rows.len()
+    );
+    for d in &t.datasets {
+        assert_eq!(d.train_real, count(&d.name, "real", "train"), "{}", d.name);
+        assert_eq!(d.train_fake, count(&d.name, "fake", "train"), "{}", d.name);
+        assert_eq!(d.val_real, count(&d.name, "real", "val"), "{}", d.name);
+        assert_eq!(d.val_fake, count(&d.name, "fake", "val"), "{}", d.name);
+        let side = |label| {
+            scores
+                .iter()
+                .filter(|r| r.dataset == d.name && r.label == label)
+                .map(|r| r.score)
+                .collect::<Vec<f64>>()
+        };
+        let want = sfam_studio::metrics::auc(
+            &side(sfam_studio::data::Label::Real),
+            &side(sfam_studio::data::Label::Fake),
+        )
+        .ok();
+        assert_eq!(d.val_auc, want, "{}", d.name);
+    }
+    // `epoch 3` in best/, `epochs 2–3 averaged` in average/.
+    assert!(t.validated.starts_with("epoch"), "{}", t.validated);
+    let note = model.head().config().training_note();
+    assert!(note.starts_with("trained on "), "{note}");
+    assert!(note.contains(&t.datasets[0].name), "{note}");
 }
 
 /// `best/` suggests the threshold that flags at most 10 % of its

@@ -1469,3 +1469,41 @@ fn train_view_compares_runs_in_its_table_and_curves() {
     assert!(h.state().training.compared.is_empty());
     assert!(h.query_by_label("shorter").is_none());
 }
+
+/// Inspect says what the model was trained on (its `sfam_head.json`),
+/// with the caveat about other kinds of faces, or that it does not say.
+#[test]
+fn inspect_says_what_the_model_was_trained_on() {
+    let caveat = "a low score is no proof that a face is real";
+    let mut app = inspect_app(Some(tiny_model()));
+    app.open_images(vec![fixture("assets/samples/dfdc_real_kbodjivgqu.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    h.get_by_label_contains("The model: what it was trained on is not recorded");
+    h.get_by_label_contains(caveat);
+
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(tiny_model()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let head = dir.path().join("sfam_head.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    cfg["training"] = serde_json::json!({
+        "datasets": [{"name": "lab", "train_real": 40, "train_fake": 30,
+                      "val_real": 9, "val_fake": 8, "val_auc": 0.75}],
+        "synthetic_fakes": "self-blended real training faces (15 % of each epoch)",
+        "validated": "epoch 5"
+    });
+    std::fs::write(&head, cfg.to_string()).unwrap();
+    let mut app = inspect_app(Some(dir.path().to_path_buf()));
+    app.open_images(vec![fixture("assets/samples/dfdc_real_kbodjivgqu.jpg")]);
+    let mut h = harness(app);
+    inspected(&mut h);
+    h.get_by_label_contains(
+        "The model: trained on lab (40 real, 30 fake), self-blended real training faces \
+         (15 % of each epoch); validation AUC (epoch 5): lab 0.750.",
+    );
+    h.get_by_label_contains(caveat);
+}

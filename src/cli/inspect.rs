@@ -9,7 +9,7 @@ use serde::Serialize;
 use sfam_studio::data::image::load_rgb;
 use sfam_studio::face::pipeline::{FaceDetector, FaceOptions};
 use sfam_studio::face::template::TEMPLATE_LANDMARKS;
-use sfam_studio::model::{DeviceSpec, Precision, SfamModel, SfamOutput};
+use sfam_studio::model::{DeviceSpec, Precision, SfamModel, SfamOutput, UNSEEN_KINDS_CAVEAT};
 
 use super::emit;
 
@@ -74,6 +74,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let dir = super::score::model_dir(args.model.as_deref())?;
     let mut model = SfamModel::load(&dir, &device)?;
     model.set_precision(args.precision)?;
+    eprintln!(
+        "model {}: {}\n  {UNSEEN_KINDS_CAVEAT}",
+        dir.display(),
+        model.head().config().training_note()
+    );
     let detector = FaceDetector::load_default()?;
     let paths = super::photos(&args.images);
     let mut faces = Vec::with_capacity(paths.len());

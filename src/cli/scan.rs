@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use sfam_studio::data::scores::ScoreFormat;
 use sfam_studio::engine::table::{FaceRow, FaceTable, face_rows};
 use sfam_studio::engine::{Item, Outcome};
+use sfam_studio::model::UNSEEN_KINDS_CAVEAT;
 
 use super::score::{EngineArgs, Streamed, output, problems, summary, trained_on, write_errors};
 
@@ -219,6 +220,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     text.push_str(&trained_on(&report, &items, "photos"));
     let _ = writeln!(text, "wrote {} ({} rows)", args.out.display(), seen.faces);
     let _ = writeln!(text, "threshold {threshold:.4} ({why})");
+    let config = scoring.engine().model().head().config();
+    let _ = writeln!(
+        text,
+        "the model: {}\n  {UNSEEN_KINDS_CAVEAT}",
+        config.training_note()
+    );
     text.push_str(&seen.describe(threshold));
     text.push_str(&problems(&report, errors.as_deref()));
     print!("{text}");

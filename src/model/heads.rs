@@ -55,6 +55,81 @@ pub struct HeadConfig {
     /// when no threshold is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<SuggestedThreshold>,
+    /// What the model was trained and validated on (`sfam train` writes
+    /// it), so that a verdict can be read against the kinds of faces the
+    /// model knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingData>,
+}
+
+/// The data a model was trained and validated on, in brief.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingData {
+    /// Every dataset of the run, in the run's order.
+    pub datasets: Vec<TrainedDataset>,
+    /// Fakes the trainer made from real training faces, in words
+    /// (self-blends, donor blends), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_fakes: Option<String>,
+    /// Which weights the validation AUCs are of (`epoch 48`).
+    pub validated: String,
+}
+
+/// One dataset of a training run: its faces on each side of the split and
+/// the validation AUC of the saved weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedDataset {
+    /// The dataset's name (its folder's).
+    pub name: String,
+    /// Real training images.
+    pub train_real: usize,
+    /// Fake training images.
+    pub train_fake: usize,
+    /// Real validation images.
+    pub val_real: usize,
+    /// Fake validation images.
+    pub val_fake: usize,
+    /// Validation AUC (real against fake) of the saved weights; `None`
+    /// when a side is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_auc: Option<f64>,
+}
+
+/// What every reader of a score should know about the kinds of faces a
+/// model was not trained on.
+pub const UNSEEN_KINDS_CAVEAT: &str = "A face unlike these (from another generator, editing tool \
+     or camera) may be misjudged either way: a low score is no proof that a face is real.";
+
+impl TrainingData {
+    /// `ciplab (676 real, 619 fake), dfdc (1992 real, 1990 fake)` and the
+    /// synthetic fakes, if any.
+    #[must_use]
+    pub fn trained_on(&self) -> String {
+        let mut parts: Vec<String> = self
+            .datasets
+            .iter()
+            .map(|d| format!("{} ({} real, {} fake)", d.name, d.train_real, d.train_fake))
+            .collect();
+        if let Some(s) = &self.synthetic_fakes {
+            parts.push(s.clone());
+        }
+        parts.join(", ")
+    }
+
+    /// `validation AUC (epoch 48): ciplab 0.804, dfdc 0.842`, or `None`
+    /// when no dataset has one.
+    #[must_use]
+    pub fn validation(&self) -> Option<String> {
+        let aucs: Vec<String> = self
+            .datasets
+            .iter()
+            .filter_map(|d| d.val_auc.map(|a| format!("{} {a:.3}", d.name)))
+            .collect();
+        (!aucs.is_empty())
+            .then(|| format!("validation AUC ({}): {}", self.validated, aucs.join(", ")))
+    }
 }
 
 /// A decision threshold on the score and the rule that chose it.
@@ -123,7 +198,38 @@ impl HeadConfig {
         {
             return Err(format!("threshold {} is outside [0, 1]", t.value));
         }
+        if let Some(t) = &self.training
+            && let Some(d) = t
+                .datasets
+                .iter()
+                .find(|d| d.val_auc.is_some_and(|a| !(0.0..=1.0).contains(&a)))
+        {
+            return Err(format!(
+                "training: {}'s validation AUC is outside [0, 1]",
+                d.name
+            ));
+        }
         Ok(())
+    }
+
+    /// What the model was trained on, in a line: the datasets with their
+    /// training images, the synthetic fakes and the validation AUCs; or
+    /// that the model folder does not say.
+    #[must_use]
+    pub fn training_note(&self) -> String {
+        match &self.training {
+            Some(t) => {
+                let mut s = format!("trained on {}", t.trained_on());
+                if let Some(v) = t.validation() {
+                    s.push_str("; ");
+                    s.push_str(&v);
+                }
+                s
+            }
+            None => "what it was trained on is not recorded (its sfam_head.json has no \
+                     \"training\" entry)"
+                .to_owned(),
+        }
     }
 
     /// Number of patches `H·W`.
@@ -490,5 +596,68 @@ mod tests {
             .unwrap();
         assert!((g[1] - 0.625).abs() < 1e-6 && (g[2] - 0.375).abs() < 1e-6);
         assert_eq!((g[0], g[3]), (0.0, 0.0));
+    }
+
+    fn training() -> TrainingData {
+        let d = |name: &str, auc| TrainedDataset {
+            name: name.to_owned(),
+            train_real: 10,
+            train_fake: 8,
+            val_real: 3,
+            val_fake: 2,
+            val_auc: auc,
+        };
+        TrainingData {
+            datasets: vec![d("a", Some(0.8125)), d("b", None)],
+            synthetic_fakes: Some("self-blended real training faces (15 % of each epoch)".into()),
+            validated: "epoch 7".into(),
+        }
+    }
+
+    #[test]
+    fn the_training_note_names_the_data_and_the_validation() {
+        let t = training();
+        assert_eq!(
+            t.trained_on(),
+            "a (10 real, 8 fake), b (10 real, 8 fake), \
+             self-blended real training faces (15 % of each epoch)"
+        );
+        assert_eq!(
+            t.validation().as_deref(),
+            Some("validation AUC (epoch 7): a 0.812")
+        );
+        let mut none = t.clone();
+        for d in &mut none.datasets {
+            d.val_auc = None;
+        }
+        assert_eq!(none.validation(), None);
+    }
+
+    #[test]
+    fn a_config_reads_with_and_without_its_training_entry() {
+        let json = r#"{"format": "sfam-head", "version": 1, "dim": 8, "grid": [2, 2],
+            "adapter_hidden": 4, "num_experts": 2, "top_k": 1, "expert_hidden": 4,
+            "layer_norm_eps": 1e-5, "mask_eps": 1e-6, "prompts": ["real", "fake"],
+            "regions": ["nose"]}"#;
+        let mut c: HeadConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.training, None);
+        assert!(
+            c.training_note().contains("not recorded"),
+            "{}",
+            c.training_note()
+        );
+        c.training = Some(training());
+        let back: HeadConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(back.validate().is_ok());
+        assert!(
+            back.training_note()
+                .starts_with("trained on a (10 real, 8 fake)")
+        );
+        let mut bad = back;
+        if let Some(t) = &mut bad.training {
+            t.datasets[1].val_auc = Some(1.5);
+        }
+        assert!(bad.validate().unwrap_err().contains("b's validation AUC"));
     }
 }

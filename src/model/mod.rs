@@ -47,7 +47,9 @@ use std::path::PathBuf;
 pub use clip::{ClipModel, ClipTextTransformer, ClipVisionTransformer};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use device::DeviceSpec;
-pub use heads::{HeadConfig, HeadOutput, SfamHead};
+pub use heads::{
+    HeadConfig, HeadOutput, SfamHead, TrainedDataset, TrainingData, UNSEEN_KINDS_CAVEAT,
+};
 pub use preprocess::{CLIP_MEAN, CLIP_STD, preprocess_clip};
 pub use sfam::{SfamModel, SfamOutput};
 pub use tokenizer::ClipTokenizer;

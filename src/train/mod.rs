@@ -41,7 +41,10 @@ use crate::data::scores::{ScoreFormat, ScoreRecord, write_scores};
 use crate::face::regions::{REGIONS, Region, region_masks};
 use crate::metrics::{Evaluation, EvaluationOptions, SortedScores, ThresholdRule, threshold_for};
 use crate::model::ModelError;
-use crate::model::heads::{HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput, SuggestedThreshold};
+use crate::model::heads::{
+    HEAD_FORMAT, HEAD_VERSION, HeadConfig, HeadOutput, SuggestedThreshold, TrainedDataset,
+    TrainingData,
+};
 use crate::model::preprocess::preprocess_clip;
 use crate::model::training_images::TrainingImages;
 use augment::{
@@ -244,6 +247,7 @@ impl TrainOptions {
             regions: REGIONS.iter().map(|r| r.name().to_owned()).collect(),
             backbone: None,
             threshold: None,
+            training: None,
         }
     }
 }
@@ -1515,7 +1519,13 @@ fn average_and_validate(
     net.load_vars(&dir)?;
     let records = validate(net, samples, faces, val_idx, opts.batch, cancel)?;
     write_val_scores(&dir, &records)?;
-    write_suggested_threshold(&dir, &records, &format!("epochs {first}–{last} averaged"))?;
+    write_validation_summary(
+        &dir,
+        samples,
+        &records,
+        opts,
+        &format!("epochs {first}–{last} averaged"),
+    )?;
     let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
     on_event(TrainEvent::Message(format!(
         "weights of epochs {first}–{last} averaged and validated in {:.0} s: {}",
@@ -1574,18 +1584,85 @@ pub fn suggested_threshold(records: &[ScoreRecord], model: &str) -> Option<Sugge
     })
 }
 
-/// Adds [`suggested_threshold`] to the model folder's `sfam_head.json`.
-fn write_suggested_threshold(
-    dir: &Path,
+/// What a run trained and validated on: each dataset's images on each
+/// side of the split (in the order the datasets were found), the
+/// validation AUC of `records` per dataset, and the fakes the trainer
+/// makes itself.
+#[must_use]
+pub fn training_data(
+    samples: &[Sample],
     records: &[ScoreRecord],
+    opts: &TrainOptions,
+    model: &str,
+) -> TrainingData {
+    let mut datasets: Vec<TrainedDataset> = Vec::new();
+    for s in samples {
+        let i = if let Some(i) = datasets.iter().position(|d| d.name == s.dataset) {
+            i
+        } else {
+            datasets.push(TrainedDataset {
+                name: s.dataset.clone(),
+                train_real: 0,
+                train_fake: 0,
+                val_real: 0,
+                val_fake: 0,
+                val_auc: None,
+            });
+            datasets.len() - 1
+        };
+        let d = &mut datasets[i];
+        match (s.split, s.label) {
+            (Split::Train, Label::Real) => d.train_real += 1,
+            (Split::Train, Label::Fake) => d.train_fake += 1,
+            (Split::Val, Label::Real) => d.val_real += 1,
+            (Split::Val, Label::Fake) => d.val_fake += 1,
+        }
+    }
+    for d in &mut datasets {
+        let scores = |label: Label| {
+            records
+                .iter()
+                .filter(|r| r.dataset == d.name && r.label == label)
+                .map(|r| r.score)
+                .collect::<Vec<f64>>()
+        };
+        d.val_auc = crate::metrics::auc(&scores(Label::Real), &scores(Label::Fake)).ok();
+    }
+    let mut synthetic = Vec::new();
+    if opts.self_blend > 0.0 {
+        let donors = if opts.donor_blend > 0.0 {
+            format!(
+                ", {:.0} % of them from a donor face",
+                opts.donor_blend * 100.0
+            )
+        } else {
+            String::new()
+        };
+        synthetic.push(format!(
+            "self-blended real training faces ({:.0} % of each epoch{donors})",
+            opts.self_blend * 100.0
+        ));
+    }
+    TrainingData {
+        datasets,
+        synthetic_fakes: (!synthetic.is_empty()).then(|| synthetic.join(", ")),
+        validated: model.to_owned(),
+    }
+}
+
+/// Adds [`suggested_threshold`] and [`training_data`] to the model
+/// folder's `sfam_head.json`.
+fn write_validation_summary(
+    dir: &Path,
+    samples: &[Sample],
+    records: &[ScoreRecord],
+    opts: &TrainOptions,
     model: &str,
 ) -> Result<(), TrainError> {
-    let Some(threshold) = suggested_threshold(records, model) else {
-        return Ok(());
-    };
     let path = dir.join(crate::model::sfam::HEAD_CONFIG_FILE);
     let mut config = HeadConfig::from_file(&path)?;
-    config.threshold = Some(threshold);
+    config.threshold = suggested_threshold(records, model);
+    config.training = Some(training_data(samples, records, opts, model));
     let json = serde_json::to_string_pretty(&config).map_err(|e| TrainError::Io {
         path: path.clone(),
         message: e.to_string(),
@@ -1852,7 +1929,13 @@ fn finish_epoch(
         state.best_epoch = epoch;
         net.save(&run.best_dir)?;
         write_val_scores(&run.best_dir, records)?;
-        write_suggested_threshold(&run.best_dir, records, &format!("epoch {epoch}"))?;
+        write_validation_summary(
+            &run.best_dir,
+            run.samples,
+            records,
+            run.opts,
+            &format!("epoch {epoch}"),
+        )?;
     }
     state.epochs_done = epoch;
     state.log.push(row.clone());
@@ -2139,6 +2222,80 @@ mod tests {
         o.swap_fakes.clear();
         o.augment.jitter = 0.5;
         assert_ne!(fingerprint(&o), old);
+    }
+
+    /// What `best/` records of its data: counts per dataset and side, in
+    /// the order the datasets were found, the AUC of each dataset's
+    /// validation scores (none for a dataset without both labels), and
+    /// the trainer's own fakes in words.
+    #[test]
+    fn training_data_counts_each_side_and_validates_each_dataset() {
+        let sample = |dataset: &str, label, split| Sample {
+            path: PathBuf::from("x.jpg"),
+            dataset: dataset.into(),
+            label,
+            group: "g".into(),
+            split,
+            region_code: None,
+            face_swap: false,
+        };
+        let samples = vec![
+            sample("b", Label::Real, Split::Train),
+            sample("a", Label::Fake, Split::Train),
+            sample("b", Label::Fake, Split::Val),
+            sample("b", Label::Real, Split::Val),
+            sample("b", Label::Fake, Split::Train),
+            sample("a", Label::Real, Split::Val),
+        ];
+        let record = |dataset: &str, label, score| ScoreRecord {
+            path: String::new(),
+            dataset: dataset.into(),
+            label,
+            score,
+            video: None,
+        };
+        let records = vec![
+            record("b", Label::Real, 0.2),
+            record("b", Label::Fake, 0.1),
+            record("a", Label::Real, 0.5),
+        ];
+        let mut o = TrainOptions::new(
+            vec![PathBuf::from("data")],
+            PathBuf::from("out"),
+            BackboneChoice::FaceRes {
+                weights: PathBuf::from("w"),
+                train_blocks: 4,
+            },
+        );
+        o.self_blend = 0.15;
+        o.donor_blend = 0.5;
+        let t = training_data(&samples, &records, &o, "epoch 3");
+        let names: Vec<&str> = t.datasets.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        let b = &t.datasets[0];
+        assert_eq!(
+            (b.train_real, b.train_fake, b.val_real, b.val_fake),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(b.val_auc, Some(0.0));
+        let a = &t.datasets[1];
+        assert_eq!(
+            (a.train_real, a.train_fake, a.val_real, a.val_fake),
+            (0, 1, 1, 0)
+        );
+        assert_eq!(a.val_auc, None);
+        assert_eq!(t.validated, "epoch 3");
+        assert_eq!(
+            t.synthetic_fakes.as_deref(),
+            Some(
+                "self-blended real training faces (15 % of each epoch, 50 % of them from a donor face)"
+            )
+        );
+        o.self_blend = 0.0;
+        assert_eq!(
+            training_data(&samples, &records, &o, "epoch 3").synthetic_fakes,
+            None
+        );
     }
 
     /// `--swap-fakes` marks the named datasets' fakes only, and refuses a
