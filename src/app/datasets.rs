@@ -16,6 +16,7 @@ use sfam_studio::metrics::{
     ThresholdRule, TransferCell, VideoAgg, paired_cells, paired_cross_auc_difference, rates_at,
     roc_curve, transfer_table,
 };
+use sfam_studio::model::UNSEEN_KINDS_CAVEAT;
 
 use super::jobs::{Ctx, Job};
 use super::plots::{Histogram, auc_color, score_range};
@@ -854,15 +855,28 @@ impl DatasetsView {
                 );
             }
             if p.trained_on > 0 {
+                let per: Vec<String> = run
+                    .trained_by_dataset
+                    .iter()
+                    .map(|(d, n)| format!("{d} {n}"))
+                    .collect();
                 ui.colored_label(
                     ui.visuals().warn_fg_color,
                     format!(
                         "{} of these images trained this model (the same bytes are in its \
-                         training_images.txt): their scores are no test of it.",
-                        p.trained_on
+                         training_images.txt): their scores are no test of it ({}).",
+                        p.trained_on,
+                        per.join(", ")
                     ),
                 );
             }
+            ui.label(
+                RichText::new(format!(
+                    "The model: {}. {UNSEEN_KINDS_CAVEAT}",
+                    run.model_note
+                ))
+                .weak(),
+            );
         }
         let cache = self
             .scored

@@ -52,6 +52,12 @@ pub struct ScoredRun {
     /// The model's training images left out before scoring (`None`: not
     /// asked, or the model does not list them).
     pub left_out: Option<usize>,
+    /// The scored images that trained the model, per dataset (name,
+    /// count; datasets with none left out), in name order.
+    pub trained_by_dataset: Vec<(String, usize)>,
+    /// What the model says it was trained on
+    /// (`HeadConfig::training_note`).
+    pub model_note: String,
 }
 
 /// How a scoring job ended.
@@ -150,22 +156,15 @@ pub fn score_datasets(
         Err(e) => return ScoreOutcome::Failed(format!("scoring stopped: {e}")),
     };
     ctx.progress(1.0, format!("evaluating {} scores", report.records.len()));
-    let source = format!(
-        "{} scored with {}",
-        discovery
-            .datasets
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        model_dir.display()
-    );
+    let names: Vec<&str> = discovery.datasets.iter().map(|d| d.name.as_str()).collect();
+    let source = format!("{} scored with {}", names.join(", "), model_dir.display());
     let first_errors = report
         .errors
         .iter()
         .take(ERRORS_KEPT)
         .map(|e| e.error.to_string())
         .collect();
+    let trained_by_dataset = count_by_dataset(&items, &report.trained_on);
     let records = Arc::new(report.records);
     let loaded = match evaluate(Arc::clone(&records), source, video_agg) {
         Ok(l) => l,
@@ -186,9 +185,20 @@ pub fn score_datasets(
             cache_dir: cache.dir().to_path_buf(),
             cache_write_failures: report.cache_write_failures,
             left_out,
+            trained_by_dataset,
+            model_note: engine.model().head().config().training_note(),
             records,
         },
     )
+}
+
+/// How many of `indices` (into `items`) each dataset has, in name order.
+fn count_by_dataset(items: &[Item], indices: &[usize]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for item in indices.iter().filter_map(|&i| items.get(i)) {
+        *counts.entry(item.dataset.as_str()).or_default() += 1;
+    }
+    counts.into_iter().map(|(d, n)| (d.to_owned(), n)).collect()
 }
 
 /// The per-file errors of a run as one message (count, then the first few).

@@ -926,7 +926,13 @@ fn the_sample_faces_score_in_one_click_from_the_empty_datasets_view() {
     }
     h.get_by_label_contains("Scored 20 of 20 images");
     // Two of them are listed as the model's training images.
-    h.get_by_label_contains("2 of these images trained this model");
+    h.get_by_label_contains(
+        "2 of these images trained this model (the same bytes are in its \
+         training_images.txt): their scores are no test of it (ciplab 1, dfdc 1).",
+    );
+    // What the (tiny) model says of its training data: nothing.
+    h.get_by_label_contains("The model: what it was trained on is not recorded");
+    h.get_by_label_contains("a low score is no proof that a face is real");
     let p = h.state().datasets.scored.as_ref().unwrap().progress;
     assert_eq!(p.trained_on, 2);
     // Scored again without them: 18 images, none a training image.
