@@ -385,5 +385,6 @@ fn the_summary_says_what_the_model_was_trained_on() {
         "{}",
         text(&o.stderr)
     );
-    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["model_training"], cfg["training"]);
 }

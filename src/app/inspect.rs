@@ -1114,7 +1114,8 @@ impl InspectView {
     }
 
     /// The selected face's full result as JSON: photo, box, landmarks,
-    /// model, threshold, verdict, every model output, typed heatmaps.
+    /// model (and what it was trained on), threshold, verdict, every model
+    /// output, typed heatmaps.
     #[must_use]
     pub fn face_json(&self, threshold: f64) -> Option<serde_json::Value> {
         let (_, e, f) = self.selected_face()?;
@@ -1122,9 +1123,12 @@ impl InspectView {
             EntryState::Done(r) => (r.precropped, r.trained_on),
             _ => (false, false),
         };
-        let model = match &self.model {
-            ModelState::Ready(m) => Some(m.dir.display().to_string()),
-            _ => None,
+        let (model, model_training) = match &self.model {
+            ModelState::Ready(m) => (
+                Some(m.dir.display().to_string()),
+                m.model.head().config().training.clone(),
+            ),
+            _ => (None, None),
         };
         let mut v = serde_json::json!({
             "image": e.path.display().to_string(),
@@ -1136,6 +1140,7 @@ impl InspectView {
             "training_image": trained_on,
             "landmarks_aligned": f.aligned.landmarks_aligned,
             "model": model,
+            "model_training": model_training,
             "threshold": threshold,
             "verdict": verdict(f.output.score, threshold),
         });

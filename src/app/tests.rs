@@ -1487,6 +1487,8 @@ fn inspect_says_what_the_model_was_trained_on() {
     inspected(&mut h);
     h.get_by_label_contains("The model: what it was trained on is not recorded");
     h.get_by_label_contains(caveat);
+    let v = h.state().inspect.face_json(0.5).unwrap();
+    assert!(v["model_training"].is_null(), "{}", v["model_training"]);
 
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(tiny_model()).unwrap() {
@@ -1512,4 +1514,7 @@ fn inspect_says_what_the_model_was_trained_on() {
          (15 % of each epoch); validation AUC (epoch 5): lab 0.750.",
     );
     h.get_by_label_contains(caveat);
+    // The face's exported result records it.
+    let v = h.state().inspect.face_json(0.5).unwrap();
+    assert_eq!(v["model_training"], cfg["training"]);
 }

@@ -143,6 +143,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&serde_json::json!({
             "model": dir.display().to_string(),
+            "model_training": model.head().config().training,
             "faces": faces,
             "errors": errors,
         }))?;
