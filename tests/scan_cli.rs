@@ -208,20 +208,26 @@ fn the_json_table_has_every_face_in_full_and_reruns_come_from_the_cache() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
 }
 
-/// Without --threshold, the model's suggested threshold decides; without
-/// one in the model, 0.5.
-#[test]
-fn the_models_suggested_threshold_is_the_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
+/// A copy of the tiny model in `dir/model`: the folder, its
+/// `sfam_head.json` and that file's contents, to be changed by a test.
+fn tiny_copy(dir: &Path) -> (PathBuf, PathBuf, serde_json::Value) {
+    let model = dir.join("model");
     std::fs::create_dir_all(&model).unwrap();
     for e in std::fs::read_dir(tiny()).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
     }
     let head = model.join("sfam_head.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    let cfg = serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    (model, head, cfg)
+}
+
+/// Without --threshold, the model's suggested threshold decides; without
+/// one in the model, 0.5.
+#[test]
+fn the_models_suggested_threshold_is_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, head, mut cfg) = tiny_copy(dir.path());
     let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
     let out = dir.path().join("faces.csv");
     for (value, verdict) in [(0.0, "fake"), (1.0, "real")] {
@@ -343,12 +349,7 @@ fn a_training_image_of_the_model_is_marked_and_counted() {
 #[test]
 fn the_summary_says_what_the_model_was_trained_on() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(tiny()).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
-    }
+    let (model, head, mut cfg) = tiny_copy(dir.path());
     let photo = root().join("assets/samples/ciplab_real_real_00128.jpg");
     let out = dir.path().join("faces.csv");
     let caveat = "a low score is no proof that a face is real";
@@ -360,9 +361,6 @@ fn the_summary_says_what_the_model_was_trained_on() {
         "{stdout}"
     );
     assert!(stdout.contains(caveat), "{stdout}");
-    let head = model.join("sfam_head.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
     cfg["training"] = serde_json::json!({
         "datasets": [{"name": "lab", "train_real": 40, "train_fake": 30,
                       "val_real": 9, "val_fake": 8, "val_auc": 0.75}],
