@@ -830,11 +830,14 @@ impl SfamApp {
     fn messages_ui(&mut self, ui: &mut Ui) {
         let mut dismiss = None;
         for (k, e) in self.errors.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+            // The button first and the message wrapped: a long message
+            // (a run's file errors) stays readable and dismissable.
+            ui.horizontal_top(|ui| {
                 if ui.small_button("dismiss").clicked() {
                     dismiss = Some(k);
                 }
+                let color = ui.visuals().error_fg_color;
+                ui.add(egui::Label::new(RichText::new(format!("Error: {e}")).color(color)).wrap());
             });
         }
         if let Some(k) = dismiss {

@@ -164,6 +164,30 @@ fn a_bad_score_file_is_reported_once_and_the_app_goes_on() {
     assert!(h.state().datasets.loaded.is_none());
 }
 
+/// A long error (a run's file errors) wraps inside the window, and its
+/// "dismiss" stays on screen and works.
+#[test]
+fn a_long_error_wraps_and_stays_dismissable() {
+    let mut app = SfamApp::new(Settings::default(), None);
+    app.errors.push(format!(
+        "4 image(s) could not be scored: {}",
+        "not a supported image (unknown format): /data/some/deep/folder/photo.jpg; ".repeat(20)
+    ));
+    let mut h = harness(app);
+    h.run_steps(2);
+    let button = h.get_by_label("dismiss").rect();
+    let message = h
+        .get_by_label_contains("4 image(s) could not be scored")
+        .rect();
+    assert!(button.max.x <= 1400.0, "{button:?}");
+    assert!(message.max.x <= 1400.0, "{message:?}");
+    // Wrapped over several lines, not cut at the window's edge.
+    assert!(message.height() > 3.0 * button.height(), "{message:?}");
+    h.get_by_label("dismiss").click();
+    h.run_steps(2);
+    assert!(h.state().errors.is_empty());
+}
+
 #[test]
 fn dataset_folders_are_discovered_in_the_background() {
     let mut app = SfamApp::new(Settings::default(), None);
