@@ -327,6 +327,11 @@ fn a_training_image_of_the_model_is_marked_and_counted() {
         stdout.contains("warning: 1 of the 3 scored photos are training images of this model"),
         "{stdout}"
     );
+    // Photos have no dataset: no count per dataset.
+    assert!(
+        stdout.contains("their scores are no test of it; e.g."),
+        "{stdout}"
+    );
     let (header, rows) = csv_rows(&out);
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let marked: Vec<(&str, &str)> = rows

@@ -651,6 +651,22 @@ fn scoring_knows_the_training_images(data: &Path, run: &Path) {
         )),
         "{stdout}"
     );
+    // Counted per dataset too, in name order.
+    let mut per: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for l in std::fs::read_to_string(run.join("split.csv"))
+        .unwrap()
+        .lines()
+    {
+        if l.ends_with(",train") {
+            *per.entry(l.split(',').nth(1).unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let per: Vec<String> = per.iter().map(|(d, n)| format!("{d} {n}")).collect();
+    assert!(
+        stdout.contains(&format!("no test of it ({}); e.g.", per.join(", "))),
+        "{stdout}"
+    );
     let details = std::fs::read_to_string(run.join("scores.csv.details.jsonl")).unwrap();
     let mut marked = std::collections::HashSet::new();
     for line in details.lines() {

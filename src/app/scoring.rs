@@ -11,7 +11,8 @@ use candle_core::Device;
 use sfam_studio::data::datasets::Discovery;
 use sfam_studio::data::scores::ScoreRecord;
 use sfam_studio::engine::{
-    Engine, EngineError, EngineOptions, Event, Item, Progress, without_training_images,
+    Engine, EngineError, EngineOptions, Event, Item, Progress, count_by_dataset,
+    without_training_images,
 };
 use sfam_studio::metrics::VideoAgg;
 
@@ -190,15 +191,6 @@ pub fn score_datasets(
             records,
         },
     )
-}
-
-/// How many of `indices` (into `items`) each dataset has, in name order.
-fn count_by_dataset(items: &[Item], indices: &[usize]) -> Vec<(String, usize)> {
-    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for item in indices.iter().filter_map(|&i| items.get(i)) {
-        *counts.entry(item.dataset.as_str()).or_default() += 1;
-    }
-    counts.into_iter().map(|(d, n)| (d.to_owned(), n)).collect()
 }
 
 /// The per-file errors of a run as one message (count, then the first few).

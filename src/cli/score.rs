@@ -18,7 +18,7 @@ use sfam_studio::data::datasets::{DiscoverOptions, discover};
 use sfam_studio::data::scores::{ScoreFormat, write_scores};
 use sfam_studio::engine::{
     self, CACHE_SUFFIX, Cache, Engine, EngineOptions, Event, FaceScore, Item, Outcome, Progress,
-    Report, Source,
+    Report, Source, count_by_dataset,
 };
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
 use sfam_studio::model::training_images::TRAINING_IMAGES_FILE;
@@ -580,9 +580,20 @@ pub(super) fn trained_on(report: &Report, items: &[Item], unit: &str) -> String 
         .filter_map(|&i| items.get(i))
         .map(|item| item.path.display().to_string())
         .collect();
+    // Per dataset, where the items have one (`sfam score`'s, not scan's).
+    let per: Vec<String> = count_by_dataset(items, &report.trained_on)
+        .into_iter()
+        .filter(|(d, _)| !d.is_empty())
+        .map(|(d, k)| format!("{d} {k}"))
+        .collect();
+    let per = if per.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", per.join(", "))
+    };
     format!(
         "warning: {n} of the {scored} scored {unit} are training images of this model \
-         (the same bytes are in its {TRAINING_IMAGES_FILE}): their scores are no test of it; e.g. {}{}\n",
+         (the same bytes are in its {TRAINING_IMAGES_FILE}): their scores are no test of it{per}; e.g. {}{}\n",
         examples.join(", "),
         if n > examples.len() { ", ..." } else { "" }
     )

@@ -394,6 +394,17 @@ pub fn without_training_images(items: Vec<Item>, list: &TrainingImages) -> (Vec<
     (kept, left_out)
 }
 
+/// How many of `indices` (into `items`, e.g. [`Report::trained_on`]) each
+/// dataset has, in name order; indices out of range are skipped.
+#[must_use]
+pub fn count_by_dataset(items: &[Item], indices: &[usize]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for item in indices.iter().filter_map(|&i| items.get(i)) {
+        *counts.entry(item.dataset.as_str()).or_default() += 1;
+    }
+    counts.into_iter().map(|(d, n)| (d.to_owned(), n)).collect()
+}
+
 /// The result of a whole run.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -412,4 +423,25 @@ pub struct Report {
     pub cache_write_failures: usize,
     /// The first few of those failures, in words.
     pub cache_write_errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_dataset_in_name_order_skipping_bad_indices() {
+        let item = |d: &str| Item {
+            path: PathBuf::from("x.jpg"),
+            dataset: d.to_owned(),
+            label: None,
+            video: None,
+        };
+        let items = [item("b"), item("a"), item("b"), item("c")];
+        assert_eq!(
+            count_by_dataset(&items, &[0, 1, 2, 9]),
+            [("a".to_owned(), 1), ("b".to_owned(), 2)]
+        );
+        assert!(count_by_dataset(&items, &[]).is_empty());
+    }
 }
