@@ -1519,14 +1519,15 @@ fn average_and_validate(
     net.load_vars(&dir)?;
     let records = validate(net, samples, faces, val_idx, opts.batch, cancel)?;
     write_val_scores(&dir, &records)?;
+    let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
     write_validation_summary(
         &dir,
         samples,
         &records,
+        &val_auc,
         opts,
         &format!("epochs {first}–{last} averaged"),
     )?;
-    let (val_auc, val_auc_mean, val_cross_auc) = val_metrics(&records, &opts.out)?;
     on_event(TrainEvent::Message(format!(
         "weights of epochs {first}–{last} averaged and validated in {:.0} s: {}",
         t0.elapsed().as_secs_f64(),
@@ -1585,13 +1586,13 @@ pub fn suggested_threshold(records: &[ScoreRecord], model: &str) -> Option<Sugge
 }
 
 /// What a run trained and validated on: each dataset's images on each
-/// side of the split (in the order the datasets were found), the
-/// validation AUC of `records` per dataset, and the fakes the trainer
-/// makes itself.
+/// side of the split (in the order the datasets were found), its
+/// validation AUC (`val_auc`, by name: what the run measured, e.g. a log
+/// row's), and the fakes the trainer makes itself.
 #[must_use]
 pub fn training_data(
     samples: &[Sample],
-    records: &[ScoreRecord],
+    val_auc: &[(String, Option<f64>)],
     opts: &TrainOptions,
     model: &str,
 ) -> TrainingData {
@@ -1619,14 +1620,10 @@ pub fn training_data(
         }
     }
     for d in &mut datasets {
-        let scores = |label: Label| {
-            records
-                .iter()
-                .filter(|r| r.dataset == d.name && r.label == label)
-                .map(|r| r.score)
-                .collect::<Vec<f64>>()
-        };
-        d.val_auc = crate::metrics::auc(&scores(Label::Real), &scores(Label::Fake)).ok();
+        d.val_auc = val_auc
+            .iter()
+            .find(|(name, _)| *name == d.name)
+            .and_then(|(_, a)| *a);
     }
     let mut synthetic = Vec::new();
     if opts.self_blend > 0.0 {
@@ -1650,19 +1647,21 @@ pub fn training_data(
     }
 }
 
-/// Adds [`suggested_threshold`] and [`training_data`] to the model
-/// folder's `sfam_head.json`.
+/// Adds [`suggested_threshold`] (from the validation `records`) and
+/// [`training_data`] (with the AUCs measured on them, `val_auc`) to the
+/// model folder's `sfam_head.json`.
 fn write_validation_summary(
     dir: &Path,
     samples: &[Sample],
     records: &[ScoreRecord],
+    val_auc: &[(String, Option<f64>)],
     opts: &TrainOptions,
     model: &str,
 ) -> Result<(), TrainError> {
     let path = dir.join(crate::model::sfam::HEAD_CONFIG_FILE);
     let mut config = HeadConfig::from_file(&path)?;
     config.threshold = suggested_threshold(records, model);
-    config.training = Some(training_data(samples, records, opts, model));
+    config.training = Some(training_data(samples, val_auc, opts, model));
     let json = serde_json::to_string_pretty(&config).map_err(|e| TrainError::Io {
         path: path.clone(),
         message: e.to_string(),
@@ -1933,6 +1932,7 @@ fn finish_epoch(
             &run.best_dir,
             run.samples,
             records,
+            &row.val_auc,
             run.opts,
             &format!("epoch {epoch}"),
         )?;
@@ -2269,7 +2269,8 @@ mod tests {
         );
         o.self_blend = 0.15;
         o.donor_blend = 0.5;
-        let t = training_data(&samples, &records, &o, "epoch 3");
+        let val_auc = val_metrics(&records, Path::new("out")).unwrap().0;
+        let t = training_data(&samples, &val_auc, &o, "epoch 3");
         let names: Vec<&str> = t.datasets.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["b", "a"]);
         let b = &t.datasets[0];
@@ -2293,7 +2294,7 @@ mod tests {
         );
         o.self_blend = 0.0;
         assert_eq!(
-            training_data(&samples, &records, &o, "epoch 3").synthetic_fakes,
+            training_data(&samples, &val_auc, &o, "epoch 3").synthetic_fakes,
             None
         );
     }
