@@ -16,7 +16,6 @@ use sfam_studio::metrics::{
     ThresholdRule, TransferCell, VideoAgg, paired_cells, paired_cross_auc_difference, rates_at,
     roc_curve, transfer_table,
 };
-use sfam_studio::model::UNSEEN_KINDS_CAVEAT;
 
 use super::jobs::{Ctx, Job};
 use super::plots::{Histogram, auc_color, score_range};
@@ -870,13 +869,7 @@ impl DatasetsView {
                     ),
                 );
             }
-            ui.label(
-                RichText::new(format!(
-                    "The model: {}. {UNSEEN_KINDS_CAVEAT}",
-                    run.model_note
-                ))
-                .weak(),
-            );
+            super::model_note_label(ui, &run.model_note);
         }
         let cache = self
             .scored

@@ -26,7 +26,7 @@ use sfam_studio::face::{AlignedFace, Face, FaceDetector, FaceOptions, REGIONS};
 use sfam_studio::model::clip::{ClipModel, Towers};
 use sfam_studio::model::heads::SuggestedThreshold;
 use sfam_studio::model::sfam::HEAD_CONFIG_FILE;
-use sfam_studio::model::{ClipTokenizer, Precision, SfamModel, SfamOutput, UNSEEN_KINDS_CAVEAT};
+use sfam_studio::model::{ClipTokenizer, Precision, SfamModel, SfamOutput};
 
 use super::jobs::{Ctx, Job};
 use super::overlay;
@@ -1395,13 +1395,7 @@ impl InspectView {
                     ))
                     .weak(),
                 );
-                ui.label(
-                    RichText::new(format!(
-                        "The model: {}. {UNSEEN_KINDS_CAVEAT}",
-                        c.training_note()
-                    ))
-                    .weak(),
-                );
+                super::model_note_label(ui, &c.training_note());
             }
         }
     }

@@ -916,6 +916,18 @@ impl SfamApp {
     }
 }
 
+/// What the model says it was trained on (`HeadConfig::training_note`),
+/// with the caveat about faces of other kinds: one weak, wrapped line.
+fn model_note_label(ui: &mut Ui, note: &str) {
+    ui.label(
+        RichText::new(format!(
+            "The model: {note}. {}",
+            sfam_studio::model::UNSEEN_KINDS_CAVEAT
+        ))
+        .weak(),
+    );
+}
+
 fn remember(list: &mut Vec<PathBuf>, path: &PathBuf) {
     list.retain(|p| p != path);
     list.insert(0, path.clone());
