@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use sfam_studio::data::image::load_rgb;
-use sfam_studio::model::clip::{ClipModel, Towers, l2_normalize};
+use sfam_studio::model::Weights;
+use sfam_studio::model::clip::{
+    ClipModel, LayerShape, Towers, l2_normalize, layer_forward_differentiable, layer_tensor_shapes,
+};
 use sfam_studio::model::preprocess::{preprocess_clip, to_tensor};
 use sfam_studio::model::{CLIP_MEAN, CLIP_STD, ClipTokenizer, ModelError, SfamModel};
 
@@ -405,5 +408,159 @@ fn bf16_products_stay_close_to_float32() {
     let want = hr["score"].to_vec1::<f32>().unwrap();
     for (f, w) in faces.iter().zip(want) {
         assert!((f.score - w).abs() <= 0.01, "score {} vs {w}", f.score);
+    }
+}
+
+/// The tensors of the image tower's layer `i` in `dir`'s checkpoint, by
+/// the names of `layer_tensor_shapes`, as `dtype`.
+fn layer_tensors(dir: &Path, i: usize, dtype: DType) -> HashMap<String, Tensor> {
+    let clip = ClipModel::load(dir, Towers::Vision, &Device::Cpu).unwrap();
+    let c = clip.vision().unwrap().config().clone();
+    let ws = Weights::open(&dir.join("model.safetensors"), dtype, &Device::Cpu).unwrap();
+    layer_tensor_shapes(c.hidden_size, c.intermediate_size)
+        .into_iter()
+        .map(|(name, shape)| {
+            let key = format!("vision_model.encoder.layers.{i}.{name}");
+            (name.to_owned(), ws.get(&key, &shape).unwrap())
+        })
+        .collect()
+}
+
+/// The image tower with its last layers run by the trainer's
+/// differentiable layer (`layer_forward_differentiable`, then
+/// `project_differentiable`) gives what the inference tower gives — and
+/// so what transformers gives — for every number of trained layers.
+#[test]
+fn trainable_layers_match_the_inference_tower() {
+    for name in MODELS {
+        let dir = fixtures().join(name);
+        let r = refs(name);
+        let clip = ClipModel::load(&dir, Towers::Vision, &Device::Cpu).unwrap();
+        let vision = clip.vision().unwrap();
+        let c = vision.config();
+        let shape = LayerShape {
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+            eps: c.layer_norm_eps,
+        };
+        let want = vision.forward(&r["pixel_values"]).unwrap();
+        for trained in 0..=c.num_hidden_layers {
+            let first = c.num_hidden_layers - trained;
+            let mut x = vision.hidden_states(&r["pixel_values"], first).unwrap();
+            for i in first..c.num_hidden_layers {
+                let t = layer_tensors(&dir, i, DType::F32);
+                let get = |n: &str| Ok(t[n].clone());
+                x = layer_forward_differentiable(&x, &get, shape).unwrap();
+            }
+            let got = vision.project_differentiable(&x).unwrap();
+            let what = format!("{name}, last {trained} layers differentiable");
+            assert_close(
+                &format!("{what}: image_embeds"),
+                &got.image_embeds,
+                &want.image_embeds,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what}: patch_embeds"),
+                &got.patch_embeds,
+                &want.patch_embeds,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what}: against transformers"),
+                &got.patch_embeds,
+                &r["patch_embeds"],
+                TOL,
+            );
+        }
+    }
+}
+
+/// Values in [-1, 1] that do not repeat (no random generator needed).
+fn wobble(n: usize, phase: f64) -> Vec<f64> {
+    #[allow(clippy::cast_precision_loss)]
+    (0..n).map(|i| (i as f64 * 0.7311 + phase).sin()).collect()
+}
+
+/// The gradients of the trainer's differentiable CLIP layer (with respect
+/// to every kind of tensor in it and to its input) agree with central
+/// finite differences, in double precision, for both activations
+/// (`tiny_p8`: quick GELU, `tiny_p16`: GELU) — with the parity above, the
+/// backward pass of a fine-tuned CLIP layer is right.
+#[test]
+#[allow(clippy::many_single_char_names)] // b, s, d, h, k, x, y: the usual names
+fn trainable_layer_gradients_match_finite_differences() {
+    for name in ["tiny_p8", "tiny_p16"] {
+        let dir = fixtures().join(name);
+        let clip = ClipModel::load(&dir, Towers::Vision, &Device::Cpu).unwrap();
+        let c = clip.vision().unwrap().config().clone();
+        let shape = LayerShape {
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+            eps: c.layer_norm_eps,
+        };
+        let (b, s, d) = (2, c.num_patches() + 1, c.hidden_size);
+        let vars: HashMap<String, candle_core::Var> = layer_tensors(&dir, 0, DType::F64)
+            .into_iter()
+            .map(|(k, t)| (k, candle_core::Var::from_tensor(&t).unwrap()))
+            .collect();
+        let x = candle_core::Var::from_tensor(
+            &Tensor::from_vec(wobble(b * s * d, 0.3), (b, s, d), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let weights = Tensor::from_vec(wobble(b * s * d, 1.9), (b, s, d), &Device::Cpu).unwrap();
+        let loss = || -> f64 {
+            let get = |n: &str| Ok(vars[n].as_tensor().clone());
+            let y = layer_forward_differentiable(x.as_tensor(), &get, shape).unwrap();
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let get = |n: &str| Ok(vars[n].as_tensor().clone());
+        let y = layer_forward_differentiable(x.as_tensor(), &get, shape).unwrap();
+        let grads = (y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut checked = 0;
+        let mut targets: Vec<(&str, &candle_core::Var)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        targets.push(("input", &x));
+        for (what, var) in targets {
+            let analytic: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {what}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let values: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let n = values.len();
+            for &k in &[0, n / 3, n - 1] {
+                let h = 1e-5;
+                let at = |delta: f64| {
+                    let mut v = values.clone();
+                    v[k] += delta;
+                    let t = Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap();
+                    var.set(&t).unwrap();
+                    loss()
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                at(0.0);
+                let err = (analytic[k] - numeric).abs();
+                assert!(
+                    err <= 1e-6 * numeric.abs().max(1.0),
+                    "{name} {what}[{k}]: autograd {} vs finite differences {numeric}",
+                    analytic[k]
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3 * 17, "{name}");
     }
 }

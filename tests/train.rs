@@ -1,5 +1,6 @@
 //! Training end to end on the sample faces: a tiny random CLIP backbone
-//! (frozen) and the faceres backbone (last blocks fine-tuned). The loss
+//! (frozen, or its last layer fine-tuned) and the faceres backbone (last
+//! blocks fine-tuned). The loss
 //! falls, checkpoints load through `SfamModel::load` and score exactly as
 //! the trainer's validation did, a killed run resumes.
 
@@ -256,7 +257,10 @@ fn clip_backbone_trains_end_to_end() {
     let mut o = options(
         data.path(),
         out.path(),
-        BackboneChoice::Clip { dir: clip.clone() },
+        BackboneChoice::Clip {
+            dir: clip.clone(),
+            train_blocks: 0,
+        },
     );
     o.epochs = 6;
     o.lr = 3e-3;
@@ -278,6 +282,91 @@ fn clip_backbone_trains_end_to_end() {
     assert_eq!(log.lines().count(), 7, "{log}");
     assert!(log.starts_with("epoch,stage,seconds,loss,bce,align,balance,region,val_auc_ciplab"));
     reload_and_rescore(&summary.best_dir);
+}
+
+/// The last layer of a CLIP image tower fine-tuned (`tiny_l14`: 2 layers,
+/// stored in float16): it moves, nothing else of the file does, the folder
+/// loads and re-scores what the trainer recorded, a resumed network reads
+/// the trained layer back exactly, and more layers than the tower has are
+/// refused, naming the folder.
+#[test]
+fn clip_last_layers_finetune_and_reload() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let clip = root().join("tests/fixtures/model/tiny_l14");
+    let mut o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::Clip {
+            dir: clip.clone(),
+            train_blocks: 1,
+        },
+    );
+    o.epochs = 3;
+    o.lr = 3e-3;
+    // A learning rate the tiny tower's weights visibly move at, and no
+    // weight decay: a tensor that moves had a gradient.
+    o.backbone_lr_ratio = 1.0;
+    o.weight_decay = 0.0;
+    let (summary, _) = run(&o);
+    let summary = summary.unwrap();
+    let best = &summary.best_dir;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("sfam_head.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["backbone"],
+        "CLIP image tower (last 1 of 2 layers fine-tuned)"
+    );
+    reload_and_rescore(best);
+    let before =
+        candle_core::safetensors::load(clip.join("model.safetensors"), &Device::Cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(best.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        before.keys().collect::<std::collections::BTreeSet<_>>(),
+        after.keys().collect::<std::collections::BTreeSet<_>>()
+    );
+    let mut moved = 0;
+    for (k, t) in &before {
+        let d = max_abs_diff(t, &after[k].to_dtype(candle_core::DType::F32).unwrap());
+        if k.starts_with("vision_model.encoder.layers.1.") {
+            assert_eq!(after[k].dtype(), candle_core::DType::F32, "{k}");
+            moved += usize::from(d > 0.0);
+        } else {
+            assert_eq!(after[k].dtype(), t.dtype(), "{k}");
+            assert_eq!(d, 0.0, "{k} is not trained");
+        }
+    }
+    assert!(moved >= 14, "{moved} of layer 1's 16 tensors moved");
+    // Resuming reads the trained layer back: saved again, it is the same.
+    let mut net = TrainNet::new(&o.backbone, o.head_config(), &Device::Cpu, 7).unwrap();
+    net.load_vars(best).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    net.save(again.path()).unwrap();
+    let resaved =
+        candle_core::safetensors::load(again.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    for (k, t) in &after {
+        assert_eq!(resaved[k].dtype(), t.dtype(), "{k}");
+        let r = resaved[k].to_dtype(candle_core::DType::F32).unwrap();
+        assert_eq!(max_abs_diff(t, &r), 0.0, "{k}");
+    }
+    // More layers than the tower has.
+    let out3 = tempfile::tempdir().unwrap();
+    let o3 = options(
+        data.path(),
+        out3.path(),
+        BackboneChoice::Clip {
+            dir: clip.clone(),
+            train_blocks: 3,
+        },
+    );
+    let err = run(&o3).0.err().unwrap().to_string();
+    assert!(
+        err.contains("3 layers to train") && err.contains("has 2") && err.contains("tiny_l14"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -424,7 +513,10 @@ fn dropout_and_weight_decay_regularise_the_head() {
         let mut o = options(
             data.path(),
             out.path(),
-            BackboneChoice::Clip { dir: clip.clone() },
+            BackboneChoice::Clip {
+                dir: clip.clone(),
+                train_blocks: 0,
+            },
         );
         o.epochs = 1;
         o.dropout = dropout;
@@ -578,7 +670,14 @@ fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
     let clip = root().join("tests/fixtures/model/tiny_l14");
-    let mut o = options(data.path(), out.path(), BackboneChoice::Clip { dir: clip });
+    let mut o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::Clip {
+            dir: clip,
+            train_blocks: 0,
+        },
+    );
     o.epochs = 1;
     let (first, _) = run(&o);
     assert_eq!(first.unwrap().log.len(), 1);

@@ -42,7 +42,8 @@ const MESSAGES_MAX: usize = 500;
 pub enum BackboneKind {
     /// The bundled face-pretrained faceres network, last blocks fine-tuned.
     Faceres,
-    /// A CLIP model folder (image tower frozen).
+    /// A CLIP model folder (image tower frozen, or its last layers
+    /// fine-tuned).
     Clip,
 }
 
@@ -61,6 +62,8 @@ pub struct TrainForm {
     pub clip: Option<PathBuf>,
     /// faceres blocks fine-tuned, from the end (0: frozen).
     pub train_blocks: usize,
+    /// CLIP image-tower layers fine-tuned, from the end (0: frozen).
+    pub clip_train_blocks: usize,
     /// Epochs of the head alone on cached backbone features.
     pub probe_epochs: usize,
     /// Epochs of fine-tuning.
@@ -123,6 +126,7 @@ impl TrainForm {
             backbone: BackboneKind::Faceres,
             clip: None,
             train_blocks: 9,
+            clip_train_blocks: 0,
             probe_epochs: 12,
             epochs: 40,
             batch: 32,
@@ -164,7 +168,7 @@ impl TrainForm {
     #[must_use]
     pub fn cli_defaults() -> Self {
         Self {
-            train_blocks: 4,
+            train_blocks: crate::cli::train::FACERES_TRAIN_BLOCKS,
             probe_epochs: 0,
             epochs: 8,
             region_weight: 0.0,
@@ -175,13 +179,14 @@ impl TrainForm {
     }
 
     /// Takes a preset's training options, keeping data, output, backbone
-    /// and device.
+    /// (with the CLIP layers trained) and device.
     fn apply(&mut self, preset: &Self) {
         *self = Self {
             roots: std::mem::take(&mut self.roots),
             out: self.out.take(),
             backbone: self.backbone,
             clip: self.clip.take(),
+            clip_train_blocks: self.clip_train_blocks,
             device: std::mem::take(&mut self.device),
             ..preset.clone()
         };
@@ -223,7 +228,10 @@ impl TrainForm {
             return Err("choose an output folder for the run".into());
         };
         let backbone = match (self.backbone, &self.clip) {
-            (BackboneKind::Clip, Some(dir)) => BackboneChoice::Clip { dir: dir.clone() },
+            (BackboneKind::Clip, Some(dir)) => BackboneChoice::Clip {
+                dir: dir.clone(),
+                train_blocks: self.clip_train_blocks,
+            },
             _ => BackboneChoice::FaceRes {
                 weights: faceres.to_path_buf(),
                 train_blocks: self.train_blocks,
@@ -292,6 +300,11 @@ impl TrainForm {
                     clip.as_ref()
                         .map_or_else(|| "DIR".into(), |c| c.display().to_string()),
                     String::new(),
+                );
+                flag(
+                    "train-blocks",
+                    self.clip_train_blocks.to_string(),
+                    "0".into(),
                 );
             }
             (BackboneKind::Faceres, _) => {
@@ -1154,11 +1167,7 @@ fn form_ui(
                     BackboneKind::Faceres,
                     "faceres (bundled, face-pretrained)",
                 );
-                ui.radio_value(
-                    &mut form.backbone,
-                    BackboneKind::Clip,
-                    "CLIP folder (frozen)",
-                );
+                ui.radio_value(&mut form.backbone, BackboneKind::Clip, "CLIP folder");
                 if form.backbone == BackboneKind::Clip {
                     match &form.clip {
                         Some(c) => ui.monospace(c.display().to_string()),
@@ -1223,6 +1232,15 @@ fn options_rows(ui: &mut Ui, form: &mut TrainForm) {
         ui.add(egui::DragValue::new(&mut form.train_blocks).range(0..=13))
             .labelled_by(l.id)
             .on_hover_text("faceres blocks trained, counted from the end (0: frozen)");
+        ui.end_row();
+    } else {
+        let l = ui.label("Fine-tuned layers");
+        ui.add(egui::DragValue::new(&mut form.clip_train_blocks).range(0..=48))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "transformer layers of the CLIP image tower trained, counted from the end \
+                 (0: frozen; ViT-B/16 has 12); its final layer norm and projection stay as loaded",
+            );
         ui.end_row();
     }
     ui.label("Epochs");
@@ -1875,12 +1893,20 @@ mod tests {
             clip: Some(PathBuf::from("/models/clip")),
             ..custom.clone()
         };
+        let clip_layers = TrainForm {
+            clip_train_blocks: 3,
+            ..clip.clone()
+        };
+        let line = shell_line(&clip_layers.cli_args(bundled));
+        assert!(line.contains("--train-blocks 3"), "{line}");
+        assert!(!shell_line(&clip.cli_args(bundled)).contains("--train-blocks"));
         let cases = [
             (with_io(TrainForm::recipe()), bundled),
             (with_io(TrainForm::trial()), bundled),
             (with_io(TrainForm::cli_defaults()), bundled),
             (custom, elsewhere),
             (clip, bundled),
+            (clip_layers, bundled),
         ];
         for (form, weights) in cases {
             let args = form.cli_args(weights);

@@ -110,7 +110,8 @@ pub enum Command {
     /// `--model`, the bundled default model.
     Inspect(inspect::Args),
     /// Train SFAM heads on a backbone: the bundled faceres network (last
-    /// blocks fine-tuned) or a CLIP model folder (frozen).
+    /// blocks fine-tuned) or a CLIP model folder (frozen, or its last
+    /// layers fine-tuned).
     ///
     /// Balanced sampling over dataset × label, augmentations (flip, colour,
     /// JPEG, blur, downscaling, black borders), self-blended fakes, the

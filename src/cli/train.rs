@@ -16,9 +16,13 @@ use sfam_studio::train::{BackboneChoice, SmoothedLoss, TrainEvent, TrainOptions,
 pub enum BackboneKind {
     /// The bundled face-pretrained faceres network (`models/faceres/`).
     Faceres,
-    /// A CLIP model folder given by `--clip` (image tower frozen).
+    /// A CLIP model folder given by `--clip` (image tower frozen, or its
+    /// last layers fine-tuned with `--train-blocks`).
     Clip,
 }
+
+/// faceres blocks trained when `--train-blocks` is not given.
+pub const FACERES_TRAIN_BLOCKS: usize = 4;
 
 /// Arguments of `sfam train`.
 #[derive(Debug, clap::Args)]
@@ -40,9 +44,11 @@ pub struct Args {
     /// faceres weights.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/faceres/faceres.safetensors"))]
     pub faceres: PathBuf,
-    /// faceres blocks fine-tuned, counted from the end (0 = frozen).
-    #[arg(long, default_value_t = 4)]
-    pub train_blocks: usize,
+    /// Backbone blocks fine-tuned, counted from the end (0 = frozen):
+    /// faceres' depthwise-separable blocks (13; default 4) or the CLIP
+    /// image tower's transformer layers (12 in ViT-B/16; default 0).
+    #[arg(long, value_name = "N")]
+    pub train_blocks: Option<usize>,
     /// Epochs of the head alone on cached features of the pretrained
     /// backbone, before fine-tuning (linear probing, then fine-tuning).
     #[arg(long, default_value_t = 0)]
@@ -135,13 +141,14 @@ pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
     let backbone = match args.backbone {
         BackboneKind::Faceres => BackboneChoice::FaceRes {
             weights: args.faceres.clone(),
-            train_blocks: args.train_blocks,
+            train_blocks: args.train_blocks.unwrap_or(FACERES_TRAIN_BLOCKS),
         },
         BackboneKind::Clip => BackboneChoice::Clip {
             dir: args
                 .clip
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("--backbone clip needs --clip DIR"))?,
+            train_blocks: args.train_blocks.unwrap_or(0),
         },
     };
     let mut opts = TrainOptions::new(args.data.clone(), args.out.clone(), backbone);

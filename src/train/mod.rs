@@ -392,8 +392,8 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}",
-        o.backbone,
+        "{}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}",
+        o.backbone.fingerprint(),
         o.probe_epochs,
         o.probe_views,
         o.dim,
@@ -2222,6 +2222,27 @@ mod tests {
         o.swap_fakes.clear();
         o.augment.jitter = 0.5;
         assert_ne!(fingerprint(&o), old);
+        // A frozen CLIP tower reads as before `train_blocks` existed;
+        // trained layers are part of the fingerprint.
+        o.augment.jitter = 0.0;
+        o.backbone = BackboneChoice::Clip {
+            dir: PathBuf::from("/m/clip"),
+            train_blocks: 0,
+        };
+        let frozen = fingerprint(&o);
+        assert!(
+            frozen.starts_with("Clip { dir: \"/m/clip\" }|probe=12x2|"),
+            "{frozen}"
+        );
+        o.backbone = BackboneChoice::Clip {
+            dir: PathBuf::from("/m/clip"),
+            train_blocks: 2,
+        };
+        assert!(
+            fingerprint(&o).starts_with("Clip { dir: \"/m/clip\", train_blocks: 2 }|"),
+            "{}",
+            fingerprint(&o)
+        );
     }
 
     /// What `best/` records of its data: counts per dataset and side, in
@@ -2357,6 +2378,7 @@ mod tests {
                 PathBuf::new(),
                 BackboneChoice::Clip {
                     dir: PathBuf::new(),
+                    train_blocks: 0,
                 },
             );
             o.samples_per_epoch = 930;
@@ -2454,6 +2476,7 @@ mod tests {
             PathBuf::new(),
             BackboneChoice::Clip {
                 dir: PathBuf::new(),
+                train_blocks: 0,
             },
         );
         let none = test_run(&opts, &samples, &faces, &train);

@@ -1,7 +1,7 @@
-//! The network being trained: a backbone (faceres with its last blocks
-//! trainable, or a frozen CLIP image tower) and the SFAM heads on trainable
-//! variables, saved as a model folder that [`crate::model::SfamModel::load`]
-//! reads.
+//! The network being trained: a backbone (faceres or a CLIP image tower,
+//! each frozen or with its last blocks trainable) and the SFAM heads on
+//! trainable variables, saved as a model folder that
+//! [`crate::model::SfamModel::load`] reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::TrainError;
-use crate::model::clip::{ClipModel, Towers};
+use crate::model::clip::{
+    self as clip, ClipModel, LayerShape, Towers, layer_forward_differentiable, layer_tensor_shapes,
+};
 use crate::model::faceres::{
     self, BACKBONE_FILE, BLOCKS, FaceRes, FaceResOutput, GLOBAL_DIM, GlobalInput, PATCH_BLOCK,
     PATCH_DIM, TEXTURE_BLOCKS, channel_std, depthwise_tensor, pointwise_tensor,
@@ -36,12 +38,37 @@ pub enum BackboneChoice {
         /// How many of the 13 blocks, counted from the end, are trained.
         train_blocks: usize,
     },
-    /// A CLIP model folder (`config.json` + `model.safetensors`); the image
-    /// tower stays frozen.
+    /// A CLIP model folder (`config.json` + `model.safetensors`), the last
+    /// `train_blocks` transformer layers of its image tower fine-tuned (0 =
+    /// frozen; the final layer norm and the projection into the joint
+    /// image-text space stay as loaded).
     Clip {
         /// The folder.
         dir: PathBuf,
+        /// How many of the image tower's layers, counted from the end, are
+        /// trained.
+        train_blocks: usize,
     },
+}
+
+impl BackboneChoice {
+    /// How the choice reads in a run's fingerprint: as it always has for
+    /// a frozen CLIP tower (`Clip { dir: … }`), so that those runs resume.
+    #[allow(clippy::unnecessary_debug_formatting)] // the `Debug` text is the format
+    pub(super) fn fingerprint(&self) -> String {
+        match self {
+            Self::Clip {
+                dir,
+                train_blocks: 0,
+            } => format!("Clip {{ dir: {dir:?} }}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// The checkpoint key of a tensor of the CLIP image tower's layer `i`.
+fn clip_layer_key(i: usize, name: &str) -> String {
+    format!("vision_model.encoder.layers.{i}.{name}")
 }
 
 enum Body {
@@ -57,6 +84,8 @@ enum Body {
     Clip {
         vision: ClipVisionTransformer,
         dir: PathBuf,
+        /// Index of the first trained layer (the number of layers: none).
+        first: usize,
     },
 }
 
@@ -442,7 +471,7 @@ impl TrainNet {
                     proj_global,
                 }
             }
-            BackboneChoice::Clip { dir } => {
+            BackboneChoice::Clip { dir, train_blocks } => {
                 let clip = ClipModel::load(dir, Towers::Vision, device)?;
                 let vision = clip.into_vision().ok_or_else(|| {
                     TrainError::Model(ModelError::Config {
@@ -450,13 +479,44 @@ impl TrainNet {
                         message: "no image tower".into(),
                     })
                 })?;
+                let c = vision.config();
+                let layers = c.num_hidden_layers;
+                if *train_blocks > layers {
+                    return Err(TrainError::Options(format!(
+                        "{train_blocks} layers to train, but the CLIP image tower of {} has {layers}",
+                        dir.display()
+                    )));
+                }
+                let first = layers - train_blocks;
+                if first < layers {
+                    // The trained layers start from the file's values.
+                    let ws = Weights::open(&dir.join(clip::WEIGHTS_FILE), DType::F32, device)?;
+                    let vb = VarBuilder::from_varmap(&backbone_vars, DType::F32, device);
+                    for i in first..layers {
+                        for (name, shape) in layer_tensor_shapes(c.hidden_size, c.intermediate_size)
+                        {
+                            let key = clip_layer_key(i, name);
+                            let t = ws.get(&key, &shape)?;
+                            drop(vb.get_with_hints(shape, &key, Init::Const(0.0))?);
+                            backbone_vars.set_one(&key, &t)?;
+                        }
+                    }
+                }
                 let (gh, gw) = vision.grid();
                 config.grid = [gh, gw];
                 config.dim = vision.dim();
-                config.backbone = Some("CLIP image tower (frozen)".into());
+                config.backbone = Some(if first < layers {
+                    format!(
+                        "CLIP image tower (last {} of {layers} layers fine-tuned)",
+                        layers - first
+                    )
+                } else {
+                    "CLIP image tower (frozen)".into()
+                });
                 Body::Clip {
                     vision,
                     dir: dir.clone(),
+                    first,
                 }
             }
         };
@@ -542,7 +602,7 @@ impl TrainNet {
     pub fn backbone_trained(&self) -> bool {
         match &self.body {
             Body::FaceRes { first, .. } => *first < BLOCKS.len(),
-            Body::Clip { .. } => false,
+            Body::Clip { vision, first, .. } => *first < vision.config().num_hidden_layers,
         }
     }
 
@@ -607,16 +667,6 @@ impl TrainNet {
         if !self.backbone_trained() {
             return self.forward_features(&self.features(pixels)?, masks);
         }
-        let Body::FaceRes {
-            net,
-            first,
-            proj_patch,
-            proj_global,
-            ..
-        } = &self.body
-        else {
-            return Err(ModelError::Input("no trained backbone block".into()));
-        };
         let data = self.backbone_vars.data();
         let data = data
             .lock()
@@ -625,6 +675,37 @@ impl TrainNet {
             data.get(k)
                 .map(|v| v.as_tensor().clone())
                 .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
+        };
+        let (net, first, proj_patch, proj_global) = match &self.body {
+            Body::FaceRes {
+                net,
+                first,
+                proj_patch,
+                proj_global,
+                ..
+            } => (net, first, proj_patch, proj_global),
+            Body::Clip { vision, first, .. } => {
+                // The frozen layers with the inference kernels, the trained
+                // ones in operations with gradients.
+                let c = vision.config();
+                let shape = LayerShape {
+                    heads: c.num_attention_heads,
+                    act: c.hidden_act,
+                    eps: c.layer_norm_eps,
+                };
+                let mut x = vision.hidden_states(pixels, *first)?.detach();
+                for i in *first..c.num_hidden_layers {
+                    let get = |name: &str| {
+                        var(&clip_layer_key(i, name))
+                            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                    };
+                    x = layer_forward_differentiable(&x, &get, shape)?;
+                }
+                let t = vision.project_differentiable(&x)?;
+                drop(data);
+                let (patches, global) = self.dropped(&t.patch_embeds, &t.image_embeds)?;
+                return self.head.forward(&global, &patches, masks);
+            }
         };
         // The frozen blocks once (fast kernels), taking the texture
         // statistics and the patch map on the way when they come before the
@@ -770,6 +851,28 @@ impl TrainNet {
                 path: head_path.clone(),
                 message: e.to_string(),
             })?;
+        if let Body::Clip { .. } = self.body {
+            // The trained layers (nothing, for a frozen tower).
+            let path = dir.join(clip::WEIGHTS_FILE);
+            let names: Vec<String> = var_tensors(&self.backbone_vars)?.into_keys().collect();
+            if !names.is_empty() {
+                let ws = Weights::open(&path, DType::F32, &self.device)?;
+                let data = self
+                    .backbone_vars
+                    .data()
+                    .lock()
+                    .map_err(|_| TrainError::Io {
+                        path: path.clone(),
+                        message: "variable map poisoned".into(),
+                    })?;
+                for k in names {
+                    if let Some(v) = data.get(&k) {
+                        let t = ws.get(&k, v.dims())?;
+                        v.set(&t).map_err(ModelError::from)?;
+                    }
+                }
+            }
+        }
         if let Body::FaceRes { .. } = self.body {
             let path = dir.join(BACKBONE_FILE);
             self.backbone_vars.load(&path).map_err(|e| TrainError::Io {
@@ -833,9 +936,30 @@ impl TrainNet {
                 save_tensors(&dir.join(BACKBONE_FILE), &all)?;
             }
             Body::Clip { dir: src, .. } => {
-                for f in ["config.json", "model.safetensors"] {
-                    let bytes = std::fs::read(src.join(f)).map_err(|e| TrainError::Io {
-                        path: src.join(f),
+                let trained = var_tensors(&self.backbone_vars)?;
+                for f in [clip::CONFIG_FILE, clip::WEIGHTS_FILE] {
+                    let from = src.join(f);
+                    if f == clip::WEIGHTS_FILE && !trained.is_empty() {
+                        // The file's tensors in their types, the trained
+                        // layers in float32 (exactly as trained).
+                        let mut all =
+                            candle_core::safetensors::load(&from, &Device::Cpu).map_err(|e| {
+                                TrainError::Io {
+                                    path: from.clone(),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        for (k, t) in &trained {
+                            all.insert(
+                                k.clone(),
+                                t.to_dtype(DType::F32).map_err(ModelError::from)?,
+                            );
+                        }
+                        save_tensors(&dir.join(f), &all)?;
+                        continue;
+                    }
+                    let bytes = std::fs::read(&from).map_err(|e| TrainError::Io {
+                        path: from.clone(),
                         message: e.to_string(),
                     })?;
                     write_file(&dir.join(f), &bytes)?;

@@ -322,8 +322,18 @@ impl Encoder {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.forward_layers(x, mask, self.layers.len())
+    }
+
+    /// The first `n` layers (all of them when `n` is larger).
+    fn forward_layers(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        n: usize,
+    ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
-        for l in &self.layers {
+        for l in self.layers.iter().take(n) {
             let h = l.self_attn.forward(&l.layer_norm1.forward(&x)?, mask)?;
             x = (x + h)?;
             let h = l.mlp.forward(&l.layer_norm2.forward(&x)?)?;
@@ -331,6 +341,109 @@ impl Encoder {
         }
         Ok(x)
     }
+}
+
+/// The tensors of one encoder layer with their shapes, named as under the
+/// layer's prefix in a checkpoint (`vision_model.encoder.layers.{i}.`):
+/// what a trainer turns into variables for [`layer_forward_differentiable`].
+#[must_use]
+pub fn layer_tensor_shapes(dim: usize, mlp: usize) -> Vec<(&'static str, Vec<usize>)> {
+    let mut v = vec![
+        ("layer_norm1.weight", vec![dim]),
+        ("layer_norm1.bias", vec![dim]),
+    ];
+    for (w, b) in [
+        ("self_attn.q_proj.weight", "self_attn.q_proj.bias"),
+        ("self_attn.k_proj.weight", "self_attn.k_proj.bias"),
+        ("self_attn.v_proj.weight", "self_attn.v_proj.bias"),
+        ("self_attn.out_proj.weight", "self_attn.out_proj.bias"),
+    ] {
+        v.push((w, vec![dim, dim]));
+        v.push((b, vec![dim]));
+    }
+    v.extend([
+        ("layer_norm2.weight", vec![dim]),
+        ("layer_norm2.bias", vec![dim]),
+        ("mlp.fc1.weight", vec![mlp, dim]),
+        ("mlp.fc1.bias", vec![mlp]),
+        ("mlp.fc2.weight", vec![dim, mlp]),
+        ("mlp.fc2.bias", vec![dim]),
+    ]);
+    v
+}
+
+/// The shape letters of a layer: heads, activation, layer-norm epsilon.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    /// Attention heads.
+    pub heads: usize,
+    /// The MLP's activation.
+    pub act: Activation,
+    /// Layer-norm epsilon.
+    pub eps: f64,
+}
+
+/// One pre-norm encoder layer (no attention mask: the image tower's) in
+/// plain tensor operations, all with gradients: `get` returns the layer's
+/// tensors by the names of [`layer_tensor_shapes`] (variables, when
+/// training). The same arithmetic as the inference layers, which fuse the
+/// three input projections, fold the query scale into them and use
+/// kernels without backward passes (layer norm, softmax, the fused
+/// activation); the two agree to float rounding (tested).
+///
+/// # Errors
+/// A tensor error, or the one `get` returns.
+#[allow(clippy::many_single_char_names)] // b, s, d, q, k, v: the usual names
+pub fn layer_forward_differentiable(
+    x: &Tensor,
+    get: &dyn Fn(&str) -> candle_core::Result<Tensor>,
+    shape: LayerShape,
+) -> candle_core::Result<Tensor> {
+    let (b, s, d) = x.dims3()?;
+    let heads = shape.heads;
+    if heads == 0 || d % heads != 0 {
+        candle_core::bail!("a width of {d} does not split into {heads} heads");
+    }
+    let head_dim = d / heads;
+    let ln = |x: &Tensor, name: &str| -> candle_core::Result<Tensor> {
+        #[allow(clippy::cast_possible_truncation)] // epsilons are small
+        let eps = shape.eps as f32;
+        candle_nn::ops::layer_norm_slow(
+            x,
+            &get(&format!("{name}.weight"))?,
+            &get(&format!("{name}.bias"))?,
+            eps,
+        )
+    };
+    let lin = |x: &Tensor, name: &str| -> candle_core::Result<Tensor> {
+        let w = get(&format!("{name}.weight"))?;
+        let bias = get(&format!("{name}.bias"))?;
+        x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)
+    };
+    let split = |t: Tensor| -> candle_core::Result<Tensor> {
+        t.reshape((b, s, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let h = ln(x, "layer_norm1")?;
+    #[allow(clippy::cast_precision_loss)] // head dims are small
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let q = split((lin(&h, "self_attn.q_proj")? * scale)?)?;
+    let k = split(lin(&h, "self_attn.k_proj")?)?;
+    let v = split(lin(&h, "self_attn.v_proj")?)?;
+    let att = candle_nn::ops::softmax(&q.matmul(&k.t()?.contiguous()?)?, D::Minus1)?;
+    let y = att
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, s, d))?;
+    let x = (x + lin(&y, "self_attn.out_proj")?)?;
+    let h = lin(&ln(&x, "layer_norm2")?, "mlp.fc1")?;
+    let h = match shape.act {
+        Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+        Activation::Gelu => h.gelu_erf()?,
+    };
+    x + lin(&h, "mlp.fc2")?
 }
 
 /// A CLIP model: either tower or both, and the learned logit scale.

@@ -109,8 +109,23 @@ impl ClipVisionTransformer {
     ///
     /// # Errors
     /// A tensor error, e.g. for pixels of another size.
-    #[allow(clippy::many_single_char_names)] // shape letters
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<ImageEmbeddings> {
+        let x = self.hidden_states(pixels, self.config.num_hidden_layers)?;
+        let x = self.post_layernorm.forward(&x)?;
+        Self::split_tokens(&self.visual_projection.forward(&x)?)
+    }
+
+    /// The hidden states `[B, 1 + N, D]` (class token first) after the
+    /// embeddings, the pre-layer norm and the first `layers` encoder layers
+    /// (all of them when `layers` is larger), with the inference kernels —
+    /// no gradient flows back through them. A trainer runs its trained
+    /// layers on these ([`super::layer_forward_differentiable`]), then
+    /// [`Self::project_differentiable`].
+    ///
+    /// # Errors
+    /// A tensor error, e.g. for pixels of another size.
+    #[allow(clippy::many_single_char_names)] // shape letters
+    pub fn hidden_states(&self, pixels: &Tensor, layers: usize) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = pixels.dims4()?;
         if ch != c.num_channels || h != c.image_size || w != c.image_size {
@@ -139,9 +154,29 @@ impl ClipVisionTransformer {
             .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
         let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward(&x, None)?;
-        let x = self.post_layernorm.forward(&x)?;
-        let x = self.visual_projection.forward(&x)?;
+        self.encoder.forward_layers(&x, None, layers)
+    }
+
+    /// `post_layernorm` and the visual projection of hidden states
+    /// `[B, 1 + N, D]`, in operations with gradients (the layer norm of
+    /// [`Self::forward`] has none), their weights as loaded: the last step
+    /// of a forward pass whose last layers are trained.
+    ///
+    /// # Errors
+    /// A tensor error.
+    pub fn project_differentiable(&self, hidden: &Tensor) -> candle_core::Result<ImageEmbeddings> {
+        let ln = &self.post_layernorm;
+        let Some(bias) = ln.bias() else {
+            candle_core::bail!("post_layernorm has no bias");
+        };
+        #[allow(clippy::cast_possible_truncation)] // epsilons are small
+        let x = candle_nn::ops::layer_norm_slow(hidden, ln.weight(), bias, ln.eps() as f32)?;
+        let x = x.broadcast_matmul(&self.visual_projection.weight().t()?)?;
+        Self::split_tokens(&x)
+    }
+
+    /// Class token and patch tokens of projected tokens `[B, 1 + N, P]`.
+    fn split_tokens(x: &Tensor) -> candle_core::Result<ImageEmbeddings> {
         Ok(ImageEmbeddings {
             image_embeds: x.i((.., 0, ..))?.contiguous()?,
             patch_embeds: x.i((.., 1.., ..))?.contiguous()?,
