@@ -304,6 +304,7 @@ fn clip_last_layers_finetune_and_reload() {
     );
     o.epochs = 3;
     o.lr = 3e-3;
+    o.average_last = 2;
     // A learning rate the tiny tower's weights visibly move at, and no
     // weight decay: a tensor that moves had a gradient.
     o.backbone_lr_ratio = 1.0;
@@ -311,6 +312,21 @@ fn clip_last_layers_finetune_and_reload() {
     let (summary, _) = run(&o);
     let summary = summary.unwrap();
     let best = &summary.best_dir;
+    // The average holds the mean of the two snapshots' trained layer.
+    let average = summary.average.clone().unwrap().dir;
+    reload_and_rescore(&average);
+    let tensors = |d: &Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (s2, s3, avg) = (
+        tensors(&out.path().join("snapshots/epoch-002")),
+        tensors(&out.path().join("snapshots/epoch-003")),
+        tensors(&average),
+    );
+    let key = "vision_model.encoder.layers.1.mlp.fc1.weight";
+    let mean = ((&s2[key] + &s3[key]).unwrap() * 0.5).unwrap();
+    assert!(max_abs_diff(&s2[key], &s3[key]) > 0.0);
+    assert!(max_abs_diff(&avg[key], &mean) < 1e-6);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(best.join("sfam_head.json")).unwrap())
             .unwrap();

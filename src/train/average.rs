@@ -7,7 +7,8 @@
 //! The folders are averaged as written, so the faceres projections are
 //! averaged with the feature standardisation folded in; folding is linear
 //! in the weights for a fixed standardisation, so this is the folded
-//! average of the trained variables. Frozen tensors are the same in every
+//! average of the trained variables. A CLIP checkpoint is averaged too
+//! (its last layers may be trained). Frozen tensors are the same in every
 //! snapshot and come out unchanged (sums in double precision).
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::TrainError;
+use crate::model::clip::WEIGHTS_FILE as CLIP_WEIGHTS_FILE;
 use crate::model::faceres::BACKBONE_FILE;
 use crate::model::sfam::HEAD_WEIGHTS_FILE;
 
@@ -27,10 +29,11 @@ pub fn snapshot_dir(out: &Path, epoch: usize) -> PathBuf {
 }
 
 /// Writes into `out` the model folder whose weight files
-/// (`sfam_head.safetensors`, and `faceres.safetensors` when present) are
-/// the tensor-wise means of those of `dirs` (summed in double precision,
-/// stored in the first folder's types); every other file (the head's
-/// configuration, a frozen CLIP tower) is copied from the last folder.
+/// (`sfam_head.safetensors`, and `faceres.safetensors` or a CLIP
+/// `model.safetensors` when present) are the tensor-wise means of those of
+/// `dirs` (summed in double precision, stored in the first folder's
+/// types); every other file (the head's configuration, CLIP's
+/// `config.json`) is copied from the last folder.
 ///
 /// # Errors
 /// [`TrainError::Data`] naming the folder or file that is missing or whose
@@ -67,7 +70,7 @@ pub fn average_model_folders(dirs: &[PathBuf], out: &Path) -> Result<(), TrainEr
     })?;
     for name in &files {
         let target = out.join(name);
-        if name == HEAD_WEIGHTS_FILE || name == BACKBONE_FILE {
+        if [HEAD_WEIGHTS_FILE, BACKBONE_FILE, CLIP_WEIGHTS_FILE].contains(&name.as_str()) {
             let mean = mean_tensors(dirs, name)?;
             super::net::save_tensors(&target, &mean)?;
         } else {
