@@ -282,6 +282,55 @@ fn clip_backbone_trains_end_to_end() {
     assert_eq!(log.lines().count(), 7, "{log}");
     assert!(log.starts_with("epoch,stage,seconds,loss,bce,align,balance,region,val_auc_ciplab"));
     reload_and_rescore(&summary.best_dir);
+    // The prompt vectors are the text tower's encodings of the prompts,
+    // untouched by training.
+    let model = SfamModel::load(&summary.best_dir, &Device::Cpu).unwrap();
+    let want = text_tower_prompts(&clip, &model.head().config().prompts);
+    let got = model.head().prompt_embeds().unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-5);
+    let net = TrainNet::new(&o.backbone, o.head_config(), &Device::Cpu, 0).unwrap();
+    assert!(net.text_prompts());
+}
+
+/// The unit encodings of `prompts` by the text tower of the CLIP folder `dir`.
+fn text_tower_prompts(dir: &Path, prompts: &[String]) -> candle_core::Tensor {
+    use sfam_studio::model::ClipTokenizer;
+    use sfam_studio::model::clip::{ClipModel, Towers, l2_normalize};
+    let clip = ClipModel::load(dir, Towers::Text, &Device::Cpu).unwrap();
+    let tok = ClipTokenizer::new().unwrap();
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.tokenize(p).unwrap()).collect();
+    l2_normalize(&clip.text().unwrap().forward(&ids).unwrap()).unwrap()
+}
+
+/// A CLIP checkpoint with the image tower alone trains with learned
+/// prompt vectors (there is no text tower to read the prompts with).
+#[test]
+fn clip_without_a_text_tower_learns_its_prompts() {
+    let data = sample_tree();
+    let out = tempfile::tempdir().unwrap();
+    let clip = tempfile::tempdir().unwrap();
+    let src = root().join("tests/fixtures/model/tiny_p8");
+    std::fs::copy(src.join("config.json"), clip.path().join("config.json")).unwrap();
+    let vision: HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("vision_model.") || k.starts_with("visual_projection."))
+            .collect();
+    candle_core::safetensors::save(&vision, clip.path().join("model.safetensors")).unwrap();
+    let mut o = options(
+        data.path(),
+        out.path(),
+        BackboneChoice::Clip {
+            dir: clip.path().to_path_buf(),
+            train_blocks: 1,
+        },
+    );
+    o.epochs = 2;
+    let net = TrainNet::new(&o.backbone, o.head_config(), &Device::Cpu, 0).unwrap();
+    assert!(!net.text_prompts());
+    let summary = run(&o).0.unwrap();
+    reload_and_rescore(&summary.best_dir);
 }
 
 /// The last layer of a CLIP image tower fine-tuned (`tiny_l14`: 2 layers,

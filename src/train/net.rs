@@ -25,7 +25,7 @@ use crate::model::faceres::{
 use crate::model::heads::{HeadConfig, HeadOutput, SfamHead};
 use crate::model::sfam::{HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
 use crate::model::training_images::{TRAINING_IMAGES_FILE, TrainingImages};
-use crate::model::{Backbone, ClipVisionTransformer, ModelError, Weights};
+use crate::model::{Backbone, ClipTokenizer, ClipVisionTransformer, ModelError, Weights};
 
 /// Which backbone to train on.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,21 +49,6 @@ pub enum BackboneChoice {
         /// trained.
         train_blocks: usize,
     },
-}
-
-impl BackboneChoice {
-    /// How the choice reads in a run's fingerprint: as it always has for
-    /// a frozen CLIP tower (`Clip { dir: … }`), so that those runs resume.
-    #[allow(clippy::unnecessary_debug_formatting)] // the `Debug` text is the format
-    pub(super) fn fingerprint(&self) -> String {
-        match self {
-            Self::Clip {
-                dir,
-                train_blocks: 0,
-            } => format!("Clip {{ dir: {dir:?} }}"),
-            other => format!("{other:?}"),
-        }
-    }
 }
 
 /// The checkpoint key of a tensor of the CLIP image tower's layer `i`.
@@ -300,7 +285,54 @@ pub struct TrainNet {
     /// The text of `training_images.txt`, written into every saved model
     /// folder once set.
     training_images: Option<String>,
+    /// The prompt vectors are the CLIP text tower's encodings of the
+    /// prompts and stay fixed (otherwise they are learned embeddings).
+    text_prompts: bool,
 }
+
+/// The CLIP text tower's unit encodings `[P, D]` of `prompts`, from the
+/// model folder `dir` — `None` when its checkpoint has no text tower.
+///
+/// # Errors
+/// [`ModelError`] for a text tower that does not load, a prompt it cannot
+/// encode, or encodings of another dimension than the image tower's.
+fn clip_prompt_vectors(
+    dir: &Path,
+    prompts: &[String],
+    dim: usize,
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    let path = dir.join(clip::WEIGHTS_FILE);
+    let has_text = Weights::open(&path, DType::F32, device)?
+        .keys()
+        .any(|k| k.starts_with("text_model."));
+    if !has_text {
+        return Ok(None);
+    }
+    let model = ClipModel::load(dir, Towers::Text, device)?;
+    let Some(text) = model.text() else {
+        return Ok(None);
+    };
+    let tokenizer = ClipTokenizer::new()?;
+    let ids = prompts
+        .iter()
+        .map(|p| tokenizer.tokenize(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = clip::l2_normalize(&text.forward(&ids)?)?;
+    if t.dims() != [prompts.len(), dim] {
+        return Err(ModelError::Config {
+            path,
+            message: format!(
+                "the text tower encodes the prompts as {:?}, the image tower's tokens have {dim} values",
+                t.dims()
+            ),
+        });
+    }
+    Ok(Some(t))
+}
+
+/// The head's prompt vectors.
+const PROMPTS_KEY: &str = "prompts.embeds";
 
 /// Initial value of a head tensor, by its key.
 fn head_init(key: &str, shape: &[usize]) -> Init {
@@ -394,7 +426,7 @@ impl TrainNet {
         seed: u64,
     ) -> Result<Self, TrainError> {
         let mut backbone_vars = VarMap::new();
-        let head_vars = VarMap::new();
+        let mut head_vars = VarMap::new();
         let rng = RefCell::new(ChaCha8Rng::seed_from_u64(seed ^ 0x1417));
         let body = match choice {
             BackboneChoice::FaceRes {
@@ -527,6 +559,21 @@ impl TrainNet {
         let head = SfamHead::from_getter(config.clone(), &|key: &str, shape: &[usize]| {
             var_get(&vb, &head_vars, &rng, key, shape, head_init(key, shape))
         })?;
+        // With a CLIP text tower the prompts are what it reads in their
+        // texts (as ../shared/docs/SFAM.md has it), fixed; the adapter
+        // learns to align the patches with them.
+        let text_prompts = match &body {
+            Body::Clip { dir, .. } => {
+                match clip_prompt_vectors(dir, &config.prompts, config.dim, device)? {
+                    Some(t) => {
+                        head_vars.set_one(PROMPTS_KEY, &t)?;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Body::FaceRes { .. } => false,
+        };
         Ok(Self {
             body,
             backbone_vars,
@@ -537,6 +584,7 @@ impl TrainNet {
             norm: None,
             dropout: RefCell::new(None),
             training_images: None,
+            text_prompts,
         })
     }
 
@@ -579,7 +627,11 @@ impl TrainNet {
         let mut pretrained = Vec::new();
         let mut new = Vec::new();
         if let Ok(data) = self.head_vars.data().lock() {
-            new.extend(data.iter().map(|(k, v)| (format!("head:{k}"), v.clone())));
+            new.extend(
+                data.iter()
+                    .filter(|(k, _)| !(self.text_prompts && k.as_str() == PROMPTS_KEY))
+                    .map(|(k, v)| (format!("head:{k}"), v.clone())),
+            );
         }
         if let Ok(data) = self.backbone_vars.data().lock() {
             for (k, v) in data.iter() {
@@ -594,6 +646,13 @@ impl TrainNet {
         pretrained.sort_by(|a, b| a.0.cmp(&b.0));
         new.sort_by(|a, b| a.0.cmp(&b.0));
         (pretrained, new)
+    }
+
+    /// Whether the prompt vectors are the CLIP text tower's encodings of
+    /// the prompts, fixed (otherwise they are learned embeddings).
+    #[must_use]
+    pub fn text_prompts(&self) -> bool {
+        self.text_prompts
     }
 
     /// Whether any backbone block is trained (otherwise [`Self::features`]
