@@ -38,9 +38,11 @@ pub struct Args {
     /// Backbone.
     #[arg(long, value_enum, default_value_t = BackboneKind::Faceres)]
     pub backbone: BackboneKind,
-    /// CLIP model folder (`--backbone clip`).
-    #[arg(long, required_if_eq("backbone", "clip"))]
-    pub clip: Option<PathBuf>,
+    /// CLIP model folder (`--backbone clip`): `config.json` +
+    /// `model.safetensors` in the Hugging Face layout; builds with the `hub`
+    /// feature also take `hf://OWNER/NAME[@REVISION]`.
+    #[arg(long, value_name = "DIR", required_if_eq("backbone", "clip"))]
+    pub clip: Option<String>,
     /// faceres weights.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/faceres/faceres.safetensors"))]
     pub faceres: PathBuf,
@@ -144,10 +146,12 @@ pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
             train_blocks: args.train_blocks.unwrap_or(FACERES_TRAIN_BLOCKS),
         },
         BackboneKind::Clip => BackboneChoice::Clip {
-            dir: args
-                .clip
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--backbone clip needs --clip DIR"))?,
+            dir: super::embed::resolve_model(
+                args.clip
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("--backbone clip needs --clip DIR"))?,
+                false,
+            )?,
             train_blocks: args.train_blocks.unwrap_or(0),
         },
     };
