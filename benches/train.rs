@@ -13,16 +13,28 @@
 //!
 //! The PyTorch counterpart is `benches/python/bench_torch_depthwise.py`.
 //!
+//! And the trained layers of a CLIP ViT-B/16 image tower (`sfam train
+//! --backbone clip --train-blocks N`; real dimensions, random weights):
+//! forward and backward of the last 1 and 2 transformer layers
+//! (`layer_forward_differentiable`) and the final layer norm and
+//! projection (`project_differentiable`) at batch 8, from the hidden
+//! states the frozen layers hand over. The PyTorch counterpart is
+//! `benches/python/bench_torch_clip_layers.py`.
+//!
 //! `cargo bench --bench train` (add `-- --quick` for a short run).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use criterion::{Criterion, criterion_group};
+use sfam_studio::model::clip::{
+    ClipModel, LayerShape, Towers, layer_forward_differentiable, layer_tensor_shapes,
+};
 use sfam_studio::model::faceres::{depthwise_tensor, pointwise_tensor};
 use sfam_studio::model::faceres_ops::{depthwise_windows, depthwise3x3};
+use sfam_studio::model::{ClipConfig, Weights};
 
 /// `(size, channels, stride)` of blocks 5, 6, 7–11 and 13 (block 12 as 6).
 const SHAPES: [(usize, usize, usize); 4] = [(28, 256, 1), (28, 256, 2), (14, 512, 1), (7, 1024, 1)];
@@ -98,6 +110,69 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("ops/{name}"), |b| {
             b.iter(|| black_box(step(&x, &w, &bias, &ops)));
+        });
+    }
+    group.finish();
+    clip_layers(c);
+}
+
+/// Batch of the CLIP bench (the trainer's default is 32; 8 keeps a
+/// sample under a few seconds on two cores).
+const CLIP_BATCH: usize = 8;
+
+#[allow(clippy::many_single_char_names)] // c, v, s, b, h, x: short names in a bench
+fn clip_layers(c: &mut Criterion) {
+    let cfg = ClipConfig::vit_base_patch16();
+    let v = &cfg.vision_config;
+    let tower = ClipModel::from_weights(
+        &cfg,
+        &Weights::random(DType::F32, &Device::Cpu),
+        Towers::Vision,
+    )
+    .unwrap()
+    .into_vision()
+    .unwrap();
+    let shape = LayerShape {
+        heads: v.num_attention_heads,
+        act: v.hidden_act,
+        eps: v.layer_norm_eps,
+    };
+    let tokens = v.num_patches() + 1;
+    let x = Tensor::randn(0f32, 1.0, (CLIP_BATCH, tokens, v.hidden_size), &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("clip_b16_trained_layers_fwd_bwd_batch8");
+    group.sample_size(10);
+    for layers in [1usize, 2] {
+        let vars: Vec<std::collections::HashMap<String, Var>> = (0..layers)
+            .map(|_| {
+                layer_tensor_shapes(v.hidden_size, v.intermediate_size)
+                    .into_iter()
+                    .map(|(name, s)| {
+                        let t = if name.ends_with("norm1.weight") || name.ends_with("norm2.weight")
+                        {
+                            Tensor::ones(s, DType::F32, &Device::Cpu).unwrap()
+                        } else {
+                            Tensor::randn(0f32, 0.02, s, &Device::Cpu).unwrap()
+                        };
+                        (name.to_owned(), Var::from_tensor(&t).unwrap())
+                    })
+                    .collect()
+            })
+            .collect();
+        group.bench_function(format!("candle/{layers}_layers"), |b| {
+            b.iter(|| {
+                let mut h = x.clone();
+                for layer in &vars {
+                    let get = |n: &str| Ok(layer[n].as_tensor().clone());
+                    h = layer_forward_differentiable(&h, &get, shape).unwrap();
+                }
+                let out = tower.project_differentiable(&h).unwrap();
+                let loss = (out.patch_embeds.sum_all().unwrap()
+                    + out.image_embeds.sum_all().unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let w = &vars[0]["mlp.fc1.weight"];
+                black_box(grads.get(w.as_tensor()).unwrap().sum_all().unwrap());
+            });
         });
     }
     group.finish();

@@ -415,10 +415,16 @@ pub fn layer_forward_differentiable(
             eps,
         )
     };
+    // Rows of all tokens through one matrix product (a weight broadcast
+    // over the batch would make its gradient a batch of matrices to sum).
     let lin = |x: &Tensor, name: &str| -> candle_core::Result<Tensor> {
         let w = get(&format!("{name}.weight"))?;
         let bias = get(&format!("{name}.bias"))?;
-        x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)
+        let (n_out, n_in) = w.dims2()?;
+        x.reshape((b * s, n_in))?
+            .matmul(&w.t()?)?
+            .broadcast_add(&bias)?
+            .reshape((b, s, n_out))
     };
     let split = |t: Tensor| -> candle_core::Result<Tensor> {
         t.reshape((b, s, heads, head_dim))?

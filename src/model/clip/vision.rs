@@ -164,6 +164,7 @@ impl ClipVisionTransformer {
     ///
     /// # Errors
     /// A tensor error.
+    #[allow(clippy::many_single_char_names)] // shape letters
     pub fn project_differentiable(&self, hidden: &Tensor) -> candle_core::Result<ImageEmbeddings> {
         let ln = &self.post_layernorm;
         let Some(bias) = ln.bias() else {
@@ -171,7 +172,12 @@ impl ClipVisionTransformer {
         };
         #[allow(clippy::cast_possible_truncation)] // epsilons are small
         let x = candle_nn::ops::layer_norm_slow(hidden, ln.weight(), bias, ln.eps() as f32)?;
-        let x = x.broadcast_matmul(&self.visual_projection.weight().t()?)?;
+        let (b, s, d) = x.dims3()?;
+        let w = self.visual_projection.weight();
+        let x = x
+            .reshape((b * s, d))?
+            .matmul(&w.t()?)?
+            .reshape((b, s, w.dim(0)?))?;
         Self::split_tokens(&x)
     }
 
