@@ -35,9 +35,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub open: Vec<PathBuf>,
     /// With no subcommand: the SFAM model folder the app's Inspect view
-    /// uses (remembered), instead of the bundled `models/default`.
+    /// uses (remembered), instead of the bundled `models/default`; also
+    /// `hf://OWNER/NAME[@REVISION]` (downloaded into the hub's cache before
+    /// the window opens).
     #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// With no subcommand: compare the score table opened with `--open`
     /// with this one (another detector's scores of the same files) once it
     /// has loaded.
@@ -173,7 +175,13 @@ pub enum Format {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => crate::app::run(cli.open, cli.model, cli.compare).map(|()| ExitCode::SUCCESS),
+        None => cli
+            .model
+            .as_deref()
+            .map(|m| embed::resolve_model(m, true))
+            .transpose()
+            .and_then(|model| crate::app::run(cli.open, model, cli.compare))
+            .map(|()| ExitCode::SUCCESS),
         Some(Command::CrossAuc(args)) => cross_auc::run(&args),
         Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Datasets(args)) => datasets::run(&args),
