@@ -89,6 +89,19 @@ fn faceres(train_blocks: usize) -> BackboneChoice {
     }
 }
 
+/// The tiny CLIP fixture (2 layers, float16, with a text tower).
+fn tiny_clip() -> PathBuf {
+    root().join("tests/fixtures/model/tiny_l14")
+}
+
+/// The CLIP folder `dir`, its last `train_blocks` layers trained.
+fn clip_backbone(dir: &Path, train_blocks: usize) -> BackboneChoice {
+    BackboneChoice::Clip {
+        dir: dir.to_path_buf(),
+        train_blocks,
+    }
+}
+
 fn faceres_weights() -> PathBuf {
     root().join("models/faceres/faceres.safetensors")
 }
@@ -253,15 +266,8 @@ fn check_suggested_threshold(model: &SfamModel, best: &Path) {
 fn clip_backbone_trains_end_to_end() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
-    let clip = root().join("tests/fixtures/model/tiny_l14");
-    let mut o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::Clip {
-            dir: clip.clone(),
-            train_blocks: 0,
-        },
-    );
+    let clip = tiny_clip();
+    let mut o = options(data.path(), out.path(), clip_backbone(&clip, 0));
     o.epochs = 6;
     o.lr = 3e-3;
     let (summary, _) = run(&o);
@@ -318,14 +324,7 @@ fn clip_without_a_text_tower_learns_its_prompts() {
             .filter(|(k, _)| k.starts_with("vision_model.") || k.starts_with("visual_projection."))
             .collect();
     candle_core::safetensors::save(&vision, clip.path().join("model.safetensors")).unwrap();
-    let mut o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::Clip {
-            dir: clip.path().to_path_buf(),
-            train_blocks: 1,
-        },
-    );
+    let mut o = options(data.path(), out.path(), clip_backbone(clip.path(), 1));
     o.epochs = 2;
     let net = TrainNet::new(&o.backbone, o.head_config(), &Device::Cpu, 0).unwrap();
     assert!(!net.text_prompts());
@@ -342,15 +341,8 @@ fn clip_without_a_text_tower_learns_its_prompts() {
 fn clip_last_layers_finetune_and_reload() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
-    let clip = root().join("tests/fixtures/model/tiny_l14");
-    let mut o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::Clip {
-            dir: clip.clone(),
-            train_blocks: 1,
-        },
-    );
+    let clip = tiny_clip();
+    let mut o = options(data.path(), out.path(), clip_backbone(&clip, 1));
     o.epochs = 3;
     o.lr = 3e-3;
     o.average_last = 2;
@@ -419,14 +411,7 @@ fn clip_last_layers_finetune_and_reload() {
     }
     // More layers than the tower has.
     let out3 = tempfile::tempdir().unwrap();
-    let o3 = options(
-        data.path(),
-        out3.path(),
-        BackboneChoice::Clip {
-            dir: clip.clone(),
-            train_blocks: 3,
-        },
-    );
+    let o3 = options(data.path(), out3.path(), clip_backbone(&clip, 3));
     let err = run(&o3).0.err().unwrap().to_string();
     assert!(
         err.contains("3 layers to train") && err.contains("has 2") && err.contains("tiny_l14"),
@@ -572,17 +557,10 @@ fn head_sq_norm(best: &Path) -> f64 {
 #[test]
 fn dropout_and_weight_decay_regularise_the_head() {
     let data = sample_tree();
-    let clip = root().join("tests/fixtures/model/tiny_l14");
+    let clip = tiny_clip();
     let trained = |dropout: f64, weight_decay: f64| {
         let out = tempfile::tempdir().unwrap();
-        let mut o = options(
-            data.path(),
-            out.path(),
-            BackboneChoice::Clip {
-                dir: clip.clone(),
-                train_blocks: 0,
-            },
-        );
+        let mut o = options(data.path(), out.path(), clip_backbone(&clip, 0));
         o.epochs = 1;
         o.dropout = dropout;
         o.weight_decay = weight_decay;
@@ -734,15 +712,7 @@ fn average_of_the_last_epochs_is_validated_and_reloads() {
 fn killed_run_resumes_from_its_checkpoint() {
     let data = sample_tree();
     let out = tempfile::tempdir().unwrap();
-    let clip = root().join("tests/fixtures/model/tiny_l14");
-    let mut o = options(
-        data.path(),
-        out.path(),
-        BackboneChoice::Clip {
-            dir: clip,
-            train_blocks: 0,
-        },
-    );
+    let mut o = options(data.path(), out.path(), clip_backbone(&tiny_clip(), 0));
     o.epochs = 1;
     let (first, _) = run(&o);
     assert_eq!(first.unwrap().log.len(), 1);

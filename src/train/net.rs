@@ -913,23 +913,14 @@ impl TrainNet {
         if let Body::Clip { .. } = self.body {
             // The trained layers (nothing, for a frozen tower).
             let path = dir.join(clip::WEIGHTS_FILE);
-            let names: Vec<String> = var_tensors(&self.backbone_vars)?.into_keys().collect();
-            if !names.is_empty() {
+            let current = var_tensors(&self.backbone_vars)?;
+            if !current.is_empty() {
                 let ws = Weights::open(&path, DType::F32, &self.device)?;
-                let data = self
-                    .backbone_vars
-                    .data()
-                    .lock()
-                    .map_err(|_| TrainError::Io {
-                        path: path.clone(),
-                        message: "variable map poisoned".into(),
-                    })?;
-                for k in names {
-                    if let Some(v) = data.get(&k) {
-                        let t = ws.get(&k, v.dims())?;
-                        v.set(&t).map_err(ModelError::from)?;
-                    }
-                }
+                let loaded = current
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), ws.get(k, t.dims())?)))
+                    .collect::<Result<HashMap<_, _>, ModelError>>()?;
+                set_vars(&self.backbone_vars, loaded, &path)?;
             }
         }
         if let Body::FaceRes { .. } = self.body {
@@ -944,19 +935,7 @@ impl TrainNet {
                     .filter(|(k, _)| k.starts_with("proj_"))
                     .collect();
                 self.map_projections(&mut proj, FeatureNorm::unfold)?;
-                let data = self
-                    .backbone_vars
-                    .data()
-                    .lock()
-                    .map_err(|_| TrainError::Io {
-                        path: path.clone(),
-                        message: "variable map poisoned".into(),
-                    })?;
-                for (k, t) in proj {
-                    if let Some(v) = data.get(&k) {
-                        v.set(&t).map_err(ModelError::from)?;
-                    }
-                }
+                set_vars(&self.backbone_vars, proj, &path)?;
             }
         }
         Ok(())
@@ -1031,6 +1010,20 @@ impl TrainNet {
 
 /// Variables with their names, as the optimizer keeps them.
 pub type NamedVars = Vec<(String, Var)>;
+
+/// Sets the variables of `map` that `tensors` names (read from `path`).
+fn set_vars(map: &VarMap, tensors: HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
+    let data = map.data().lock().map_err(|_| TrainError::Io {
+        path: path.to_path_buf(),
+        message: "variable map poisoned".into(),
+    })?;
+    for (k, t) in tensors {
+        if let Some(v) = data.get(&k) {
+            v.set(&t).map_err(ModelError::from)?;
+        }
+    }
+    Ok(())
+}
 
 fn var_tensors(map: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
     let data = map.data().lock().map_err(|_| TrainError::Io {
