@@ -196,10 +196,25 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: the library's
+/// errors already say their cause in their own message (`cannot read
+/// (reason): FILE`), which `{:#}` would repeat after it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
 }
 
 /// A Markdown-style table with this header (the table-producing commands').
@@ -282,4 +297,26 @@ fn photos(inputs: &[PathBuf]) -> Vec<PathBuf> {
 /// A number with 4 decimals, or `-` when undefined.
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+    use anyhow::Context as _;
+
+    /// A cause the error's own message states is not repeated; one it
+    /// does not state (a context's cause) is appended once.
+    #[test]
+    fn error_lines_say_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(sfam_studio::model::ModelError::Io {
+            path: "/m/config.json".into(),
+            source: io,
+        });
+        assert_eq!(error_line(&e), "cannot read (no such file): /m/config.json");
+        let e = Err::<(), _>(std::io::Error::other("disk full"))
+            .context("cannot write /o/s.csv")
+            .unwrap_err();
+        assert_eq!(error_line(&e), "cannot write /o/s.csv: disk full");
+    }
 }
