@@ -30,7 +30,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{Criterion, criterion_group};
 use sfam_studio::model::clip::{
-    ClipModel, LayerShape, Towers, layer_forward_differentiable, layer_tensor_shapes,
+    ClipModel, Towers, layer_forward_differentiable, layer_tensor_shapes,
 };
 use sfam_studio::model::faceres::{depthwise_tensor, pointwise_tensor};
 use sfam_studio::model::faceres_ops::{depthwise_windows, depthwise3x3};
@@ -132,11 +132,7 @@ fn clip_layers(c: &mut Criterion) {
     .unwrap()
     .into_vision()
     .unwrap();
-    let shape = LayerShape {
-        heads: v.num_attention_heads,
-        act: v.hidden_act,
-        eps: v.layer_norm_eps,
-    };
+    let shape = tower.layer_shape();
     let tokens = v.num_patches() + 1;
     let x = Tensor::randn(0f32, 1.0, (CLIP_BATCH, tokens, v.hidden_size), &Device::Cpu).unwrap();
     let mut group = c.benchmark_group("clip_b16_trained_layers_fwd_bwd_batch8");

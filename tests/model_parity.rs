@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use sfam_studio::data::image::load_rgb;
 use sfam_studio::model::Weights;
 use sfam_studio::model::clip::{
-    ClipModel, LayerShape, Towers, l2_normalize, layer_forward_differentiable, layer_tensor_shapes,
+    ClipModel, Towers, l2_normalize, layer_forward_differentiable, layer_tensor_shapes,
 };
 use sfam_studio::model::preprocess::{preprocess_clip, to_tensor};
 use sfam_studio::model::{CLIP_MEAN, CLIP_STD, ClipTokenizer, ModelError, SfamModel};
@@ -438,11 +438,7 @@ fn trainable_layers_match_the_inference_tower() {
         let clip = ClipModel::load(&dir, Towers::Vision, &Device::Cpu).unwrap();
         let vision = clip.vision().unwrap();
         let c = vision.config();
-        let shape = LayerShape {
-            heads: c.num_attention_heads,
-            act: c.hidden_act,
-            eps: c.layer_norm_eps,
-        };
+        let shape = vision.layer_shape();
         let want = vision.forward(&r["pixel_values"]).unwrap();
         for trained in 0..=c.num_hidden_layers {
             let first = c.num_hidden_layers - trained;
@@ -494,11 +490,7 @@ fn trainable_layer_gradients_match_finite_differences() {
         let dir = fixtures().join(name);
         let clip = ClipModel::load(&dir, Towers::Vision, &Device::Cpu).unwrap();
         let c = clip.vision().unwrap().config().clone();
-        let shape = LayerShape {
-            heads: c.num_attention_heads,
-            act: c.hidden_act,
-            eps: c.layer_norm_eps,
-        };
+        let shape = clip.vision().unwrap().layer_shape();
         let (b, s, d) = (2, c.num_patches() + 1, c.hidden_size);
         let vars: HashMap<String, candle_core::Var> = layer_tensors(&dir, 0, DType::F64)
             .into_iter()

@@ -16,7 +16,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::TrainError;
 use crate::model::clip::{
-    self as clip, ClipModel, LayerShape, Towers, layer_forward_differentiable, layer_tensor_shapes,
+    self as clip, ClipModel, Towers, layer_forward_differentiable, layer_tensor_shapes,
 };
 use crate::model::faceres::{
     self, BACKBONE_FILE, BLOCKS, FaceRes, FaceResOutput, GLOBAL_DIM, GlobalInput, PATCH_BLOCK,
@@ -721,7 +721,6 @@ impl TrainNet {
     ///
     /// # Errors
     /// A tensor or shape error.
-    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), x
     pub fn forward(&self, pixels: &Tensor, masks: &Tensor) -> Result<HeadOutput, ModelError> {
         if !self.backbone_trained() {
             return self.forward_features(&self.features(pixels)?, masks);
@@ -730,56 +729,61 @@ impl TrainNet {
         let data = data
             .lock()
             .map_err(|_| ModelError::Input("variable map poisoned".into()))?;
-        let var = |k: &str| -> Result<Tensor, ModelError> {
+        let var = |k: &str| -> candle_core::Result<Tensor> {
             data.get(k)
                 .map(|v| v.as_tensor().clone())
-                .ok_or_else(|| ModelError::Input(format!("no variable {k}")))
+                .ok_or_else(|| candle_core::Error::Msg(format!("no variable {k}")))
         };
-        let (net, first, proj_patch, proj_global) = match &self.body {
+        let (patches, global) = match &self.body {
             Body::FaceRes {
                 net,
                 first,
                 proj_patch,
                 proj_global,
                 ..
-            } => (net, first, proj_patch, proj_global),
+            } => {
+                let (rows, global) = self.faceres_trained(net, *first, pixels, &var)?;
+                (proj_patch.forward(&rows)?, proj_global.forward(&global)?)
+            }
             Body::Clip { vision, first, .. } => {
                 // The frozen layers with the inference kernels, the trained
                 // ones in operations with gradients.
-                let c = vision.config();
-                let shape = LayerShape {
-                    heads: c.num_attention_heads,
-                    act: c.hidden_act,
-                    eps: c.layer_norm_eps,
-                };
                 let mut x = vision.hidden_states(pixels, *first)?.detach();
-                for i in *first..c.num_hidden_layers {
-                    let get = |name: &str| {
-                        var(&clip_layer_key(i, name))
-                            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-                    };
-                    x = layer_forward_differentiable(&x, &get, shape)?;
+                for i in *first..vision.config().num_hidden_layers {
+                    let get = |name: &str| var(&clip_layer_key(i, name));
+                    x = layer_forward_differentiable(&x, &get, vision.layer_shape())?;
                 }
                 let t = vision.project_differentiable(&x)?;
-                drop(data);
-                let (patches, global) = self.dropped(&t.patch_embeds, &t.image_embeds)?;
-                return self.head.forward(&global, &patches, masks);
+                self.dropped(&t.patch_embeds, &t.image_embeds)?
             }
         };
+        self.head.forward(&global, &patches, masks)
+    }
+
+    /// faceres with its blocks from `first` on trained: the standardised
+    /// patch rows and global descriptor after dropout, for the projections.
+    #[allow(clippy::many_single_char_names)] // b, h, w, c (NHWC), x
+    fn faceres_trained(
+        &self,
+        net: &FaceRes,
+        first: usize,
+        pixels: &Tensor,
+        var: &dyn Fn(&str) -> candle_core::Result<Tensor>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         // The frozen blocks once (fast kernels), taking the texture
         // statistics and the patch map on the way when they come before the
         // first trained block.
         let mut texture = Vec::with_capacity(TEXTURE_BLOCKS.len());
         let mut patch = None;
         let stem = net.forward_prefix(pixels, 0)?;
-        let mut x = if *first > PATCH_BLOCK {
+        let mut x = if first > PATCH_BLOCK {
             let p = net.forward_blocks_texture(&stem, 0, PATCH_BLOCK + 1, &mut texture)?;
             patch = Some(p.clone());
-            net.forward_blocks_texture(&p, PATCH_BLOCK + 1, *first, &mut texture)?
+            net.forward_blocks_texture(&p, PATCH_BLOCK + 1, first, &mut texture)?
         } else {
-            net.forward_blocks_texture(&stem, 0, *first, &mut texture)?
+            net.forward_blocks_texture(&stem, 0, first, &mut texture)?
         };
-        for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(*first) {
+        for (k, &(cin, cout, stride)) in BLOCKS.iter().enumerate().skip(first) {
             let n = k + 1;
             let taps = var(&format!("dw{n}.weight"))?.reshape((cin, 9))?.t()?;
             let x1 = depthwise_tensor(&x, &taps, &var(&format!("dw{n}.bias"))?, stride)?;
@@ -802,10 +806,7 @@ impl TrainNet {
         };
         let global = GlobalInput::WithTexture.descriptor(&out)?;
         let (rows, global) = self.standardised(&out.patch_rows, &global)?;
-        let (rows, global) = self.dropped(&rows, &global)?;
-        let patches = proj_patch.forward(&rows)?;
-        self.head
-            .forward(&proj_global.forward(&global)?, &patches, masks)
+        Ok(self.dropped(&rows, &global)?)
     }
 
     /// Whether the backbone's features are standardised before the

@@ -99,6 +99,17 @@ impl ClipVisionTransformer {
         &self.config
     }
 
+    /// Heads, activation and layer-norm epsilon of the encoder's layers
+    /// (for [`super::layer_forward_differentiable`]).
+    #[must_use]
+    pub fn layer_shape(&self) -> super::LayerShape {
+        super::LayerShape {
+            heads: self.config.num_attention_heads,
+            act: self.config.hidden_act,
+            eps: self.config.layer_norm_eps,
+        }
+    }
+
     /// Dimension of the joint space.
     #[must_use]
     pub fn projection_dim(&self) -> usize {
