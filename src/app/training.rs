@@ -78,6 +78,9 @@ pub struct TrainForm {
     pub self_blend: f64,
     /// Weight of the per-region loss.
     pub region_weight: f64,
+    /// Region labels of self-blends from their blending masks, in every
+    /// region (`--region-labels masks`); off: eyes, nose and mouth only.
+    pub region_labels_from_masks: bool,
     /// Balance of the (dataset, label) groups in an epoch (0: equal).
     pub sampling_power: f64,
     /// Scale of the JPEG, blur and downscaling probabilities.
@@ -134,6 +137,7 @@ impl TrainForm {
             lr: 1e-3,
             self_blend: 0.15,
             region_weight: 2.0,
+            region_labels_from_masks: false,
             sampling_power: 0.5,
             degradations: 1.0,
             val_fraction: 0.2,
@@ -254,6 +258,11 @@ impl TrainForm {
         o.self_blend = self.self_blend;
         o.sampling_power = self.sampling_power;
         o.region_weight = self.region_weight;
+        o.region_labels = if self.region_labels_from_masks {
+            sfam_studio::train::RegionLabels::Masks
+        } else {
+            sfam_studio::train::RegionLabels::Local
+        };
         o.val_fraction = self.val_fraction;
         o.seed = self.seed;
         o.probe_views = self.probe_views;
@@ -329,6 +338,12 @@ impl TrainForm {
         flag("lr", f(self.lr), f(d.lr));
         flag("self-blend", f(self.self_blend), f(d.self_blend));
         flag("region-weight", f(self.region_weight), f(d.region_weight));
+        let labels = |masks: bool| if masks { "masks" } else { "local" }.to_string();
+        flag(
+            "region-labels",
+            labels(self.region_labels_from_masks),
+            labels(d.region_labels_from_masks),
+        );
         flag(
             "sampling-power",
             f(self.sampling_power),
@@ -1352,6 +1367,13 @@ fn advanced_ui(ui: &mut Ui, form: &mut TrainForm) {
                 .on_hover_text(
                     "also write average/: the weights of the last K epochs averaged (0: off)",
                 );
+                ui.checkbox(
+                    &mut form.region_labels_from_masks,
+                    "region labels from blend masks",
+                )
+                .on_hover_text(
+                    "self-blended fakes labelled in every region their blend covers (--region-labels masks); off: eyes, nose and mouth only, as the bundled model",
+                );
                 field(
                     ui,
                     "face-swap datasets",
@@ -1872,6 +1894,7 @@ mod tests {
             lr: 3e-4,
             self_blend: 0.0,
             region_weight: 0.5,
+            region_labels_from_masks: true,
             sampling_power: 1.0,
             degradations: 2.5,
             val_fraction: 0.25,

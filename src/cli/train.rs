@@ -9,7 +9,9 @@ use anyhow::Result;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use sfam_studio::model::DeviceSpec;
-use sfam_studio::train::{BackboneChoice, SmoothedLoss, TrainEvent, TrainOptions, auc_line, train};
+use sfam_studio::train::{
+    BackboneChoice, RegionLabels, SmoothedLoss, TrainEvent, TrainOptions, auc_line, train,
+};
 
 /// Which backbone to train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -19,6 +21,19 @@ pub enum BackboneKind {
     /// A CLIP model folder given by `--clip` (image tower frozen, or its
     /// last layers fine-tuned with `--train-blocks`).
     Clip,
+}
+
+/// Which regions get region labels (`--region-labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RegionLabelsArg {
+    /// Fakes' edits known in the eyes, nose and mouth only (the bundled
+    /// model's): forehead, cheeks, chin and face boundary only ever see
+    /// real faces' "unedited".
+    Local,
+    /// A self-blended fake's labels read from its blending mask in every
+    /// region (a face blend: all nine edited); face swaps edited in the
+    /// face boundary too.
+    Masks,
 }
 
 /// faceres blocks trained when `--train-blocks` is not given.
@@ -119,6 +134,11 @@ pub struct Args {
     /// known to be edited: CIPLAB codes, self-blended fakes; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub region_weight: f64,
+    /// Which regions of the faces the region loss reads: `local` (fakes'
+    /// edits in eyes, nose and mouth only) or `masks` (self-blends in every
+    /// region, from their blending masks).
+    #[arg(long, value_enum, default_value_t = RegionLabelsArg::Local)]
+    pub region_labels: RegionLabelsArg,
     /// Datasets whose fakes are face swaps (e.g. `dfdc`): region labels
     /// and alignment targets for their inner face and its blended outline
     /// instead of none. Comma-separated or repeated.
@@ -180,6 +200,10 @@ pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
     opts.sampling_power = args.sampling_power;
     opts.average_last = args.average_last;
     opts.region_weight = args.region_weight;
+    opts.region_labels = match args.region_labels {
+        RegionLabelsArg::Local => RegionLabels::Local,
+        RegionLabelsArg::Masks => RegionLabels::Masks,
+    };
     opts.swap_fakes.clone_from(&args.swap_fakes);
     opts.val_fraction = args.val_fraction;
     opts.seed = args.seed;

@@ -175,6 +175,8 @@ pub struct TrainOptions {
     /// edited regions are known (CIPLAB codes, self-blended fakes; real
     /// faces: none) against those regions (0 = off).
     pub region_weight: f64,
+    /// Which regions of the faces get region labels (`--region-labels`).
+    pub region_labels: RegionLabels,
     /// Datasets whose fakes are face swaps (the inner face replaced and
     /// blended in along the face outline): their fakes get the region
     /// labels of a self-blended face blend (eyes, nose and mouth edited)
@@ -220,6 +222,7 @@ impl TrainOptions {
             align_weight: 0.5,
             balance_weight: 0.01,
             region_weight: 0.0,
+            region_labels: RegionLabels::Local,
             swap_fakes: Vec::new(),
             augment: AugmentOptions::default(),
             seed: 0,
@@ -384,6 +387,11 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         String::new()
     };
+    let region_labels = if o.region_labels == RegionLabels::Local {
+        String::new()
+    } else {
+        format!("|rl={}", o.region_labels.name())
+    };
     // The augmentations as they were written before the jitter existed.
     let a = &o.augment;
     let jitter = if a.jitter > 0.0 {
@@ -392,7 +400,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}{region_labels}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -513,6 +521,72 @@ fn group_counts<K>(
         .collect()
 }
 
+/// Which regions of a training face the region loss reads
+/// (`--region-labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegionLabels {
+    /// Real faces unedited in every region; a fake's edits known in the
+    /// eyes, nose and mouth only (CIPLAB codes; a self-blend's blended
+    /// region, or all four for a face blend), its other regions unknown.
+    /// So forehead, cheeks, chin and face boundary only ever see
+    /// "unedited". The bundled model was trained so.
+    #[default]
+    Local,
+    /// As `Local` for real faces and CIPLAB codes, but a self-blended
+    /// fake's labels are read from its blending mask in every region: a
+    /// region at least [`MASK_EDITED`] covered by the blend (its mask's
+    /// weighted mean of the blend mask, over the blend's peak) is edited,
+    /// one at most [`MASK_UNEDITED`] covered unedited, the rest unknown;
+    /// face swaps (`--swap-fakes`) are edited in the face boundary too.
+    Masks,
+}
+
+impl RegionLabels {
+    /// The option's value as written on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Masks => "masks",
+        }
+    }
+}
+
+/// Coverage at or above which a self-blend's region counts as edited
+/// ([`RegionLabels::Masks`]). A face blend covers every region by 0.36 or
+/// more (the forehead least), a local blend its own region by about 0.6.
+pub const MASK_EDITED: f32 = 0.3;
+/// Coverage at or below which it counts as unedited. A local blend
+/// covers its neighbours by up to 0.14 (unknown), the far regions by
+/// 0.05 or less.
+pub const MASK_UNEDITED: f32 = 0.05;
+
+/// Region labels of a self-blended fake from its blending mask on the
+/// patch grid (`blend`) and the face's region masks
+/// ([`RegionLabels::Masks`]).
+fn mask_region_labels(blend: &[f32], masks: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
+    let peak = blend.iter().copied().fold(0.0_f32, f32::max);
+    let mut labels = vec![0.0; masks.len()];
+    let mut weights = vec![0.0; masks.len()];
+    if peak <= 0.0 {
+        return (labels, weights);
+    }
+    for (r, m) in masks.iter().enumerate() {
+        let area: f32 = m.iter().sum();
+        if area <= 0.0 {
+            continue;
+        }
+        let covered = m.iter().zip(blend).map(|(a, b)| a * b).sum::<f32>() / (area * peak);
+        if covered >= MASK_EDITED {
+            labels[r] = 1.0;
+            weights[r] = 1.0;
+        } else if covered <= MASK_UNEDITED {
+            weights[r] = 1.0;
+        }
+    }
+    (labels, weights)
+}
+
 /// What a face contributes to the losses, besides its pixels.
 struct Meta {
     masks: Vec<f32>,
@@ -555,11 +629,20 @@ fn local_region_labels(edited: &[Region]) -> (Vec<f32>, Vec<f32>) {
 
 /// Region labels of a face as it is (not self-blended): real faces
 /// unedited everywhere, a fake's CIPLAB code as [`local_region_labels`],
-/// face swaps as a self-blended face blend ([`LOCAL`] edited), other
-/// fakes unknown everywhere.
-fn sample_region_labels(sample: &Sample) -> (Vec<f32>, Vec<f32>) {
+/// face swaps as a self-blended face blend ([`LOCAL`] edited; with
+/// [`RegionLabels::Masks`] the face boundary too), other fakes unknown
+/// everywhere.
+fn sample_region_labels(sample: &Sample, mode: RegionLabels) -> (Vec<f32>, Vec<f32>) {
     match (sample.label, sample.region_code) {
-        (Label::Fake, None) if sample.face_swap => local_region_labels(&LOCAL),
+        (Label::Fake, None) if sample.face_swap => {
+            let mut labels = local_region_labels(&LOCAL);
+            if mode == RegionLabels::Masks {
+                let b = region_index(Region::FaceBoundary);
+                labels.0[b] = 1.0;
+                labels.1[b] = 1.0;
+            }
+            labels
+        }
         (Label::Real, _) => (vec![0.0; REGIONS.len()], vec![1.0; REGIONS.len()]),
         (Label::Fake, Some(code)) => {
             let edited: Vec<Region> = [
@@ -661,6 +744,7 @@ fn make_item(
     sample: &Sample,
     face: &PreparedFace,
     blend: Blend<'_>,
+    labels: RegionLabels,
     aug: &AugmentOptions,
     seed: u64,
     grid: usize,
@@ -705,9 +789,13 @@ fn make_item(
             })
             .collect();
         img = sb.image;
-        (1.0, Some(t), local_region_labels(&edited))
+        let regions = match labels {
+            RegionLabels::Local => local_region_labels(&edited),
+            RegionLabels::Masks => mask_region_labels(&g, &region_masks(&lm, size, grid)),
+        };
+        (1.0, Some(t), regions)
     } else {
-        let regions = sample_region_labels(sample);
+        let regions = sample_region_labels(sample, labels);
         match (sample.label, sample.region_code) {
             (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n]), regions),
             (Label::Fake, Some(code)) => (1.0, Some(code_targets(code, &lm, size, grid)), regions),
@@ -913,6 +1001,7 @@ fn validate(
                     &samples[i],
                     face,
                     Blend::No,
+                    RegionLabels::Local,
                     &AugmentOptions::none(),
                     0,
                     grid,
@@ -1435,6 +1524,7 @@ pub fn train(
                         &samples[d.index],
                         face,
                         blend,
+                        opts.region_labels,
                         &opts.augment,
                         seed,
                         shape.grid,
@@ -1971,7 +2061,20 @@ fn feature_norm(
             .par_iter()
             .filter_map(|&i| {
                 let face = faces[i].as_ref()?;
-                Some(make_item(&samples[i], face, Blend::No, &none, 0, grid, input, norm).pixels)
+                Some(
+                    make_item(
+                        &samples[i],
+                        face,
+                        Blend::No,
+                        RegionLabels::Local,
+                        &none,
+                        0,
+                        grid,
+                        input,
+                        norm,
+                    )
+                    .pixels,
+                )
             })
             .collect();
         if pixels.is_empty() {
@@ -2067,6 +2170,7 @@ impl FeatureBank {
                         &samples[i],
                         face,
                         blend,
+                        opts.region_labels,
                         aug,
                         seed,
                         shape.grid,
@@ -2220,6 +2324,9 @@ mod tests {
         o.swap_fakes = vec!["dfdc".into()];
         assert_ne!(fingerprint(&o), old);
         o.swap_fakes.clear();
+        o.region_labels = RegionLabels::Masks;
+        assert_ne!(fingerprint(&o), old);
+        o.region_labels = RegionLabels::Local;
         o.augment.jitter = 0.5;
         assert_ne!(fingerprint(&o), old);
         // CLIP runs name the trained layers: one from before they existed
@@ -2507,6 +2614,7 @@ mod tests {
                 &samples[1],
                 face,
                 blend,
+                RegionLabels::Local,
                 &none,
                 7,
                 14,
@@ -2553,7 +2661,18 @@ mod tests {
                 ..AugmentOptions::none()
             };
             let blend = if blend { Blend::Own } else { Blend::No };
-            make_item(s, &face, blend, &aug, 3, 14, 224, ([0.0; 3], [1.0; 3])).meta
+            make_item(
+                s,
+                &face,
+                blend,
+                RegionLabels::Local,
+                &aug,
+                3,
+                14,
+                224,
+                ([0.0; 3], [1.0; 3]),
+            )
+            .meta
         };
         // Edited: left eye and mouth (1001).
         let edited = sample(Label::Fake, Some("1001"));
@@ -2602,6 +2721,7 @@ mod tests {
                 &sample(Label::Real, None),
                 &face,
                 Blend::Own,
+                RegionLabels::Local,
                 &aug,
                 seed,
                 14,
@@ -2615,5 +2735,99 @@ mod tests {
             assert_eq!(&m.region_weights[..4], &[1.0; 4]);
             assert!(m.region_weights[4..].iter().all(|&w| w == 0.0));
         }
+    }
+
+    /// `--region-labels masks`: a self-blend is labelled in every region
+    /// from its blending mask (a face blend edited everywhere, a local
+    /// blend in its own region and unedited far from it); real faces and
+    /// CIPLAB codes as before; a face swap's boundary edited.
+    #[test]
+    #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
+    fn mask_region_labels_cover_every_region() {
+        use crate::face::template::TEMPLATE_LANDMARKS;
+        let face = PreparedFace {
+            image: image::RgbImage::from_pixel(224, 224, image::Rgb([120, 100, 90])),
+            landmarks: TEMPLATE_LANDMARKS,
+            precropped: false,
+        };
+        let sample = |label, code: Option<&str>, face_swap| Sample {
+            path: PathBuf::from(code.map_or("x.jpg".into(), |c| format!("mid_1_{c}.jpg"))),
+            dataset: "ciplab".into(),
+            label,
+            group: "g".into(),
+            split: Split::Train,
+            region_code: code
+                .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
+            face_swap,
+        };
+        let meta = |s: &Sample, blend, labels, seed| {
+            make_item(
+                s,
+                &face,
+                blend,
+                labels,
+                &AugmentOptions::none(),
+                seed,
+                14,
+                224,
+                ([0.0; 3], [1.0; 3]),
+            )
+            .meta
+        };
+        let real = sample(Label::Real, None, false);
+        let (mut faces, mut locals) = (0, 0);
+        for seed in 0..16 {
+            let m = meta(&real, Blend::Own, RegionLabels::Masks, seed);
+            let edited: Vec<usize> = (0..REGIONS.len())
+                .filter(|&r| m.region_labels[r] == 1.0)
+                .collect();
+            // Every label is known where it is set.
+            for &r in &edited {
+                assert_eq!(m.region_weights[r], 1.0);
+            }
+            if edited.len() == REGIONS.len() {
+                faces += 1;
+                assert!(m.region_weights.iter().all(|&w| w == 1.0));
+            } else {
+                locals += 1;
+                assert_eq!(edited.len(), 1, "{:?}", m.region_labels);
+                assert!(LOCAL.iter().any(|&r| region_index(r) == edited[0]));
+                let unedited = (0..REGIONS.len())
+                    .filter(|&r| m.region_weights[r] == 1.0 && m.region_labels[r] == 0.0)
+                    .count();
+                assert!(
+                    unedited >= 3,
+                    "{:?} {:?}",
+                    m.region_labels,
+                    m.region_weights
+                );
+                // The same face under the local labels: the same region.
+                let l = meta(&real, Blend::Own, RegionLabels::Local, seed);
+                assert_eq!(l.region_labels[edited[0]], 1.0);
+            }
+        }
+        assert!(
+            faces > 0 && locals > 0,
+            "{faces} face and {locals} local blends"
+        );
+        // Faces as they are: the same labels under both, but for a face
+        // swap's boundary.
+        for s in [
+            real.clone(),
+            sample(Label::Fake, Some("1001"), false),
+            sample(Label::Fake, None, false),
+        ] {
+            let a = meta(&s, Blend::No, RegionLabels::Local, 1);
+            let b = meta(&s, Blend::No, RegionLabels::Masks, 1);
+            assert_eq!(a.region_labels, b.region_labels);
+            assert_eq!(a.region_weights, b.region_weights);
+        }
+        let swap = sample(Label::Fake, None, true);
+        let m = meta(&swap, Blend::No, RegionLabels::Masks, 1);
+        let b = region_index(Region::FaceBoundary);
+        assert_eq!((m.region_labels[b], m.region_weights[b]), (1.0, 1.0));
+        assert_eq!(&m.region_labels[..4], &[1.0; 4]);
+        let m = meta(&swap, Blend::No, RegionLabels::Local, 1);
+        assert_eq!(m.region_weights[b], 0.0);
     }
 }
