@@ -2631,6 +2631,29 @@ mod tests {
         assert_ne!(own.pixels, donated.pixels);
     }
 
+    /// A plain face on the template's landmarks.
+    fn template_face() -> PreparedFace {
+        PreparedFace {
+            image: image::RgbImage::from_pixel(224, 224, image::Rgb([120, 100, 90])),
+            landmarks: crate::face::template::TEMPLATE_LANDMARKS,
+            precropped: false,
+        }
+    }
+
+    /// A CIPLAB training sample, its region code (if any) in its name.
+    fn ciplab_sample(label: Label, code: Option<&str>, face_swap: bool) -> Sample {
+        Sample {
+            path: PathBuf::from(code.map_or("x.jpg".into(), |c| format!("mid_1_{c}.jpg"))),
+            dataset: "ciplab".into(),
+            label,
+            group: "g".into(),
+            split: Split::Train,
+            region_code: code
+                .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
+            face_swap,
+        }
+    }
+
     /// Region labels: a CIPLAB fake's code marks its edited local regions
     /// (the other local regions unedited, the rest unknown) and a flip swaps
     /// left and right; real faces are unedited everywhere; face swaps are
@@ -2639,22 +2662,8 @@ mod tests {
     #[test]
     #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
     fn region_labels_follow_codes_flips_and_blends() {
-        use crate::face::template::TEMPLATE_LANDMARKS;
-        let face = PreparedFace {
-            image: image::RgbImage::from_pixel(224, 224, image::Rgb([120, 100, 90])),
-            landmarks: TEMPLATE_LANDMARKS,
-            precropped: false,
-        };
-        let sample = |label, code: Option<&str>| Sample {
-            path: PathBuf::from(code.map_or("x.jpg".into(), |c| format!("mid_1_{c}.jpg"))),
-            dataset: "ciplab".into(),
-            label,
-            group: "g".into(),
-            split: Split::Train,
-            region_code: code
-                .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
-            face_swap: false,
-        };
+        let face = template_face();
+        let sample = |label, code: Option<&str>| ciplab_sample(label, code, false);
         let item = |s: &Sample, blend: bool, flip: f64| {
             let aug = AugmentOptions {
                 flip,
@@ -2744,22 +2753,8 @@ mod tests {
     #[test]
     #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
     fn mask_region_labels_cover_every_region() {
-        use crate::face::template::TEMPLATE_LANDMARKS;
-        let face = PreparedFace {
-            image: image::RgbImage::from_pixel(224, 224, image::Rgb([120, 100, 90])),
-            landmarks: TEMPLATE_LANDMARKS,
-            precropped: false,
-        };
-        let sample = |label, code: Option<&str>, face_swap| Sample {
-            path: PathBuf::from(code.map_or("x.jpg".into(), |c| format!("mid_1_{c}.jpg"))),
-            dataset: "ciplab".into(),
-            label,
-            group: "g".into(),
-            split: Split::Train,
-            region_code: code
-                .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
-            face_swap,
-        };
+        let face = template_face();
+        let sample = ciplab_sample;
         let meta = |s: &Sample, blend, labels, seed| {
             make_item(
                 s,
