@@ -1542,8 +1542,10 @@ fn curves_ui(
             .y_axis_label("AUC")
             .include_y(0.4)
             .include_y(1.0)
-            // Room for the legend on the right of the curves.
-            .include_x(last_epoch * if compared.is_empty() { 1.0 } else { 1.6 })
+            // Room for the legend on the right of the curves (it covered
+            // the last epochs of the weaker domains, bottom right, when the
+            // curves ran to the edge).
+            .include_x(last_epoch * 1.7)
             .show(&mut cols[0], |p| {
                 for (k, n) in names.iter().enumerate() {
                     let line = Line::new(
