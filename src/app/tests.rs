@@ -1332,11 +1332,17 @@ fn train_view_follows_a_run_folder_as_it_grows() {
     h.get_by_label_contains("best/ holds epoch");
     // No best/ folder here: nothing to hand to Inspect.
     assert!(h.query_by_label_contains("Use its best model").is_none());
-    // The other process finishes its run.
-    std::fs::write(run.path().join("train_log.csv"), &log).unwrap();
+    // The other process finishes its run. It writes its log as the trainer
+    // does, atomically: a plain write could be read half-written by the
+    // view's reader, whose parse error rightly stops the following.
+    sfam_studio::data::atomic::write_atomic(&run.path().join("train_log.csv"), |w| {
+        w.write_all(log.as_bytes())
+    })
+    .unwrap();
     step_until(&mut h, |a| {
-        a.training.shown.as_ref().is_some_and(|s| s.log.len() == 52)
+        a.training.shown.as_ref().is_some_and(|s| s.log.len() == 52) || !a.errors.is_empty()
     });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     h.get_by_label_contains("best/ holds epoch 48");
     h.get_by_label("AUC ffhq_stylegan2");
     // Its process ends.
