@@ -196,6 +196,15 @@ impl TrainForm {
         };
     }
 
+    /// The region labels the form asks for (`--region-labels`).
+    fn region_labels(&self) -> sfam_studio::train::RegionLabels {
+        if self.region_labels_from_masks {
+            sfam_studio::train::RegionLabels::Masks
+        } else {
+            sfam_studio::train::RegionLabels::Local
+        }
+    }
+
     /// The face-swap datasets named in `swap_fakes`.
     fn swap_list(&self) -> Vec<String> {
         self.swap_fakes
@@ -258,11 +267,7 @@ impl TrainForm {
         o.self_blend = self.self_blend;
         o.sampling_power = self.sampling_power;
         o.region_weight = self.region_weight;
-        o.region_labels = if self.region_labels_from_masks {
-            sfam_studio::train::RegionLabels::Masks
-        } else {
-            sfam_studio::train::RegionLabels::Local
-        };
+        o.region_labels = self.region_labels();
         o.val_fraction = self.val_fraction;
         o.seed = self.seed;
         o.probe_views = self.probe_views;
@@ -338,11 +343,10 @@ impl TrainForm {
         flag("lr", f(self.lr), f(d.lr));
         flag("self-blend", f(self.self_blend), f(d.self_blend));
         flag("region-weight", f(self.region_weight), f(d.region_weight));
-        let labels = |masks: bool| if masks { "masks" } else { "local" }.to_string();
         flag(
             "region-labels",
-            labels(self.region_labels_from_masks),
-            labels(d.region_labels_from_masks),
+            self.region_labels().name().into(),
+            d.region_labels().name().into(),
         );
         flag(
             "sampling-power",

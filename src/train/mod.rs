@@ -679,16 +679,16 @@ struct Item {
 
 /// Per-patch alignment targets of a CIPLAB fake from its region code:
 /// patches well inside an edited region → that region's prompt, patches
-/// clear of every edited region → genuine, the rest ignored.
-fn code_targets(code: RegionCode, lm: &[[f32; 2]; 5], size: f32, grid: usize) -> Vec<u8> {
-    let masks = region_masks(lm, size, grid);
+/// clear of every edited region → genuine, the rest ignored. `masks`:
+/// the face's region masks on the patch grid ([`region_masks`]).
+fn code_targets(code: RegionCode, masks: &[Vec<f32>]) -> Vec<u8> {
     let edited = [
         (code.left_eye, 0usize, P_EYES),
         (code.right_eye, 1, P_EYES),
         (code.nose, 2, P_NOSE),
         (code.mouth, 3, P_MOUTH),
     ];
-    (0..grid * grid)
+    (0..masks.first().map_or(0, Vec::len))
         .map(|i| {
             let mut t = P_GENUINE;
             let mut near = false;
@@ -711,11 +711,11 @@ fn code_targets(code: RegionCode, lm: &[[f32; 2]; 5], size: f32, grid: usize) ->
 /// Per-patch alignment targets of a face swap: blended in along the face
 /// outline (the boundary ring → "blending boundary"), the surroundings
 /// (hair, background) the target's own (genuine), the inner face ignored
-/// (which artifact, if any, shows there is not known).
-fn swap_targets(lm: &[[f32; 2]; 5], size: f32, grid: usize) -> Vec<u8> {
-    let masks = region_masks(lm, size, grid);
+/// (which artifact, if any, shows there is not known). `masks` as for
+/// [`code_targets`].
+fn swap_targets(masks: &[Vec<f32>]) -> Vec<u8> {
     let ring = &masks[region_index(Region::FaceBoundary)];
-    (0..grid * grid)
+    (0..ring.len())
         .map(|i| {
             if ring[i] > 0.5 {
                 P_BLEND
@@ -762,6 +762,9 @@ fn make_item(
     #[allow(clippy::cast_precision_loss)]
     let size = img.width() as f32;
     let n = grid * grid;
+    // The region masks of the face as it is, for the targets and labels;
+    // made again below only if the face is mirrored.
+    let masks = region_masks(&lm, size, grid);
     let donor = match blend {
         Blend::No => None,
         Blend::Own => Some(None),
@@ -791,21 +794,20 @@ fn make_item(
         img = sb.image;
         let regions = match labels {
             RegionLabels::Local => local_region_labels(&edited),
-            RegionLabels::Masks => mask_region_labels(&g, &region_masks(&lm, size, grid)),
+            RegionLabels::Masks => mask_region_labels(&g, &masks),
         };
         (1.0, Some(t), regions)
     } else {
         let regions = sample_region_labels(sample, labels);
         match (sample.label, sample.region_code) {
             (Label::Real, _) => (0.0, Some(vec![P_GENUINE; n]), regions),
-            (Label::Fake, Some(code)) => (1.0, Some(code_targets(code, &lm, size, grid)), regions),
-            (Label::Fake, None) if sample.face_swap => {
-                (1.0, Some(swap_targets(&lm, size, grid)), regions)
-            }
+            (Label::Fake, Some(code)) => (1.0, Some(code_targets(code, &masks)), regions),
+            (Label::Fake, None) if sample.face_swap => (1.0, Some(swap_targets(&masks)), regions),
             (Label::Fake, None) => (1.0, None, regions),
         }
     };
-    if augment(&mut img, aug, &mut rng) {
+    let mirrored = augment(&mut img, aug, &mut rng);
+    let masks = if mirrored {
         lm = mirror_landmarks(&lm, size);
         if let Some(t) = &mut targets {
             for row in t.chunks_mut(grid) {
@@ -813,11 +815,11 @@ fn make_item(
             }
         }
         mirror_region_labels(&mut region_labels);
-    }
-    let masks: Vec<f32> = region_masks(&lm, size, grid)
-        .into_iter()
-        .flatten()
-        .collect();
+        region_masks(&lm, size, grid)
+    } else {
+        masks
+    };
+    let masks: Vec<f32> = masks.into_iter().flatten().collect();
     Item {
         pixels: preprocess_clip(&img, input, norm.0, norm.1),
         meta: Meta {
