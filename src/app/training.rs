@@ -105,6 +105,8 @@ pub struct TrainForm {
     pub experts: usize,
     /// Probability of a geometric jitter.
     pub jitter: f64,
+    /// Probability of a face cutout.
+    pub cutout: f64,
     /// Probability that a self-blended fake takes a donor face.
     pub donor_blend: f64,
     /// Also average the weights of the last this many epochs (0: off).
@@ -150,6 +152,7 @@ impl TrainForm {
             dropout: 0.0,
             experts: 4,
             jitter: 0.0,
+            cutout: 0.0,
             donor_blend: 0.0,
             average_last: 0,
             swap_fakes: String::new(),
@@ -276,6 +279,7 @@ impl TrainForm {
         o.dropout = self.dropout;
         o.experts = self.experts;
         o.augment.jitter = self.jitter;
+        o.augment.cutout = self.cutout;
         o.augment = o.augment.with_degradations(self.degradations);
         o.donor_blend = self.donor_blend;
         o.average_last = self.average_last;
@@ -368,6 +372,7 @@ impl TrainForm {
         flag("dropout", f(self.dropout), f(d.dropout));
         flag("experts", n(self.experts), n(d.experts));
         flag("jitter", f(self.jitter), f(d.jitter));
+        flag("cutout", f(self.cutout), f(d.cutout));
         flag("donor-blend", f(self.donor_blend), f(d.donor_blend));
         flag("average-last", n(self.average_last), n(d.average_last));
         flag("swap-fakes", self.swap_list().join(","), String::new());
@@ -1357,6 +1362,16 @@ fn advanced_ui(ui: &mut Ui, form: &mut TrainForm) {
                 .on_hover_text("probability of scale ±8 %, rotation ±8°, shift ±8 px");
                 field(
                     ui,
+                    "face cutout",
+                    egui::DragValue::new(&mut form.cutout)
+                        .range(0.0..=1.0)
+                        .speed(0.01),
+                )
+                .on_hover_text(
+                    "probability of filling one of the eyes, the nose or the mouth with its mean colour (never a fake's only edited part)",
+                );
+                field(
+                    ui,
                     "donor blends",
                     egui::DragValue::new(&mut form.donor_blend)
                         .range(0.0..=1.0)
@@ -1912,6 +1927,7 @@ mod tests {
             dropout: 0.1,
             experts: 3,
             jitter: 0.5,
+            cutout: 0.3,
             donor_blend: 0.25,
             average_last: 5,
             swap_fakes: " dfdc, other ,".into(),

@@ -107,6 +107,11 @@ pub struct Args {
     /// rotation ±8°, shift ±8 px; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub jitter: f64,
+    /// Probability of a face cutout of each training face: one of the
+    /// eyes, the nose or the mouth filled with its mean colour, never the
+    /// only edited part of a fake (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub cutout: f64,
     /// Scales how often the degrading augmentations — JPEG re-compression
     /// (0.3), Gaussian blur (0.15), downscaling (0.25) — are applied to a
     /// training face (0: never; 1: the default probabilities).
@@ -186,6 +191,7 @@ pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
     opts.weight_decay = args.weight_decay;
     opts.dropout = args.dropout;
     opts.augment.jitter = args.jitter;
+    opts.augment.cutout = args.cutout;
     if !(0.0..=3.0).contains(&args.degradations) {
         anyhow::bail!(
             "--degradations must be between 0 and 3 (it scales the probabilities of JPEG, blur and downscaling), not {}",

@@ -41,6 +41,11 @@ pub struct AugmentOptions {
     /// everything else (scale ±8 %, rotation ±8°, shift ±8 px: see
     /// [`geometric_jitter`]); 0 (off) by default.
     pub jitter: f64,
+    /// Probability of a face cutout: one of the eyes, the nose or the
+    /// mouth filled with its mean colour before the other augmentations
+    /// (never the only edited region of a fake; see [`fill_region`]);
+    /// 0 (off) by default.
+    pub cutout: f64,
 }
 
 impl Default for AugmentOptions {
@@ -53,6 +58,7 @@ impl Default for AugmentOptions {
             downscale: 0.25,
             border: 0.3,
             jitter: 0.0,
+            cutout: 0.0,
         }
     }
 }
@@ -69,6 +75,7 @@ impl AugmentOptions {
             downscale: 0.0,
             border: 0.0,
             jitter: 0.0,
+            cutout: 0.0,
         }
     }
 
@@ -180,6 +187,44 @@ pub fn downscale(img: &RgbImage, factor: f32) -> RgbImage {
     );
     let small = imageops::resize(img, sw, sh, imageops::FilterType::Triangle);
     imageops::resize(&small, w, h, imageops::FilterType::Triangle)
+}
+
+/// Fills the pixels of `img` where `mask` (one value per pixel, row-major:
+/// [`region_masks`] with one cell per pixel) exceeds one half with their
+/// mean colour, a hard-edged flat patch; returns how many it filled. The
+/// face cutout of `--cutout` (after Das et al., "Towards Solving the
+/// DeepFake Problem: An Analysis on Improving DeepFake Detection using
+/// Dynamic Face Augmentation", ICCV Workshops 2021, and the DFDC winner's
+/// landmark-based part removal): a model that cannot see one part of a
+/// face must find evidence in the others, which is meant against
+/// learning training faces by their most telling part. Flat, not black
+/// (the black border is its own augmentation) and not noise (fakes'
+/// high-frequency energy is a cue; see docs/MODEL.md).
+pub fn fill_region(img: &mut RgbImage, mask: &[f32]) -> usize {
+    let inside: Vec<bool> = mask.iter().map(|&m| m > 0.5).collect();
+    let mut sum = [0u64; 3];
+    let mut n = 0u64;
+    for (p, &on) in img.pixels().zip(&inside) {
+        if on {
+            for (s, &v) in sum.iter_mut().zip(&p.0) {
+                *s += u64::from(v);
+            }
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return 0;
+    }
+    #[allow(clippy::cast_possible_truncation)] // a mean of u8 values
+    let mean = Rgb(sum.map(|s| ((s + n / 2) / n) as u8));
+    for (p, &on) in img.pixels_mut().zip(&inside) {
+        if on {
+            *p = mean;
+        }
+    }
+    #[allow(clippy::cast_possible_truncation)] // at most the image's pixels
+    let filled = n as usize;
+    filled
 }
 
 /// Blacks out everything outside `[x0, x1) × [y0, y1)`.
@@ -463,6 +508,40 @@ mod tests {
         })
     }
 
+    /// The cutout fills exactly the pixels its mask covers by more than
+    /// one half, with their mean colour, and leaves the rest; an empty
+    /// mask changes nothing.
+    #[test]
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)] // 224² pixels
+    fn fill_region_flattens_the_masked_pixels_only() {
+        let img = face();
+        let masks = region_masks(&TEMPLATE_LANDMARKS, 224.0, 224);
+        let nose = &masks[2];
+        let mut out = img.clone();
+        let n = fill_region(&mut out, nose);
+        let inside: Vec<usize> = (0..nose.len()).filter(|&i| nose[i] > 0.5).collect();
+        assert_eq!(n, inside.len());
+        assert!(n > 200, "the nose covers {n} pixels");
+        let px = |im: &RgbImage, i: usize| *im.get_pixel((i % 224) as u32, (i / 224) as u32);
+        let first = px(&out, inside[0]);
+        for &i in &inside {
+            assert_eq!(px(&out, i), first);
+        }
+        let mean_x = inside.iter().map(|&i| (i % 224) as f64).sum::<f64>() / n as f64;
+        assert!(
+            (f64::from(first.0[0]) - mean_x).abs() <= 1.0,
+            "{first:?} {mean_x}"
+        );
+        for i in 0..nose.len() {
+            if nose[i] <= 0.5 {
+                assert_eq!(px(&out, i), px(&img, i));
+            }
+        }
+        let mut same = img.clone();
+        assert_eq!(fill_region(&mut same, &vec![0.0; 224 * 224]), 0);
+        assert_eq!(same, img);
+    }
+
     #[test]
     fn mirroring_twice_is_identity_and_swaps_eyes() {
         let m = mirror_landmarks(&TEMPLATE_LANDMARKS, 224.0);
@@ -525,6 +604,7 @@ mod tests {
             downscale: 1.0,
             border: 1.0,
             jitter: 0.0,
+            cutout: 0.0,
         };
         let run = |seed| {
             let mut img = face();

@@ -48,8 +48,8 @@ use crate::model::heads::{
 use crate::model::preprocess::preprocess_clip;
 use crate::model::training_images::TrainingImages;
 use augment::{
-    AugmentOptions, BlendKind, augment, geometric_jitter, mask_to_grid, mirror_landmarks,
-    self_blend,
+    AugmentOptions, BlendKind, augment, fill_region, geometric_jitter, mask_to_grid,
+    mirror_landmarks, self_blend,
 };
 use data::{PreparedFace, RegionCode, Sample, Split};
 pub use net::{BackboneChoice, FEATURE_NORM_FILE, FeatureNorm, FeatureStats, Features, TrainNet};
@@ -399,8 +399,13 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         String::new()
     };
+    let cutout = if a.cutout > 0.0 {
+        format!("|cutout={}", a.cutout)
+    } else {
+        String::new()
+    };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{wd}{dropout}{sampling}{donor}{region_labels}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{cutout}{wd}{dropout}{sampling}{donor}{region_labels}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -613,6 +618,22 @@ const LOCAL: [Region; 4] = [
     Region::Mouth,
 ];
 
+/// The region a face cutout fills: one of [`LOCAL`] at random, never an
+/// edited one (`labels` 1 where `weights` say known) so that a local
+/// edit's evidence stays in view — unless all of them are edited (a face
+/// blend, a face swap, CIPLAB's code 1111), when any may go.
+fn cutout_region<R: Rng>(labels: &[f32], weights: &[f32], rng: &mut R) -> Region {
+    let edited = |r: Region| {
+        let i = region_index(r);
+        labels.get(i).is_some_and(|&l| l > 0.5) && weights.get(i).is_some_and(|&w| w > 0.0)
+    };
+    let mut candidates: Vec<Region> = LOCAL.into_iter().filter(|&r| !edited(r)).collect();
+    if candidates.is_empty() {
+        candidates = LOCAL.to_vec();
+    }
+    candidates[rng.random_range(0..candidates.len())]
+}
+
 /// Region labels and weights: `edited` among the local regions (the other
 /// local regions unedited), the rest unknown.
 fn local_region_labels(edited: &[Region]) -> (Vec<f32>, Vec<f32>) {
@@ -806,6 +827,25 @@ fn make_item(
             (Label::Fake, None) => (1.0, None, regions),
         }
     };
+    // The cutout, before the other augmentations so that they degrade the
+    // filled part as the rest. At 0 no random number is drawn.
+    if aug.cutout > 0.0 && rng.random_bool(aug.cutout.min(1.0)) {
+        let r = cutout_region(&region_labels.0, &region_labels.1, &mut rng);
+        let ri = region_index(r);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // the face's width
+        let pixel_masks = region_masks(&lm, size, size as usize);
+        fill_region(&mut img, &pixel_masks[ri]);
+        // What the filled part shows is no longer the face's: its patches
+        // and its region are left out of the losses.
+        if let Some(t) = &mut targets {
+            for (t, &m) in t.iter_mut().zip(&masks[ri]) {
+                if m > 0.25 {
+                    *t = IGNORE;
+                }
+            }
+        }
+        region_labels.1[ri] = 0.0;
+    }
     let mirrored = augment(&mut img, aug, &mut rng);
     let masks = if mirrored {
         lm = mirror_landmarks(&lm, size);
@@ -2331,6 +2371,10 @@ mod tests {
         o.region_labels = RegionLabels::Local;
         o.augment.jitter = 0.5;
         assert_ne!(fingerprint(&o), old);
+        o.augment.jitter = 0.0;
+        o.augment.cutout = 0.5;
+        assert_ne!(fingerprint(&o), old);
+        o.augment.cutout = 0.0;
         // CLIP runs name the trained layers: one from before they existed
         // (`Clip { dir: … }`, its prompts learned) does not resume.
         o.augment.jitter = 0.0;
@@ -2654,6 +2698,65 @@ mod tests {
                 .and_then(|c| RegionCode::from_path(Path::new(&format!("mid_1_{c}.jpg")))),
             face_swap,
         }
+    }
+
+    /// `--cutout`: one of the eyes, the nose or the mouth is filled, its
+    /// patches are ignored and its region label made unknown, the face
+    /// label kept; a fake's only edited part is never the one filled, and
+    /// every local region is filled for some draw.
+    #[test]
+    #[allow(clippy::float_cmp)] // labels and weights are exactly 0 or 1
+    fn cutout_fills_a_local_region_and_spares_the_edit() {
+        let mut face = template_face();
+        #[allow(clippy::cast_possible_truncation)] // below 256
+        let gradient = image::RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        });
+        face.image = gradient;
+        let on = AugmentOptions {
+            cutout: 1.0,
+            ..AugmentOptions::none()
+        };
+        let make = |s: &Sample, aug: &AugmentOptions, seed| {
+            make_item(
+                s,
+                &face,
+                Blend::No,
+                RegionLabels::Local,
+                aug,
+                seed,
+                14,
+                224,
+                ([0.0; 3], [1.0; 3]),
+            )
+        };
+        let real = ciplab_sample(Label::Real, None, false);
+        let left_eye = ciplab_sample(Label::Fake, Some("1000"), false);
+        let mut filled = [0_usize; 4];
+        for seed in 0..24 {
+            for (s, edited) in [(&real, None), (&left_eye, Some(0))] {
+                let plain = make(s, &AugmentOptions::none(), seed);
+                let cut = make(s, &on, seed);
+                let unknown: Vec<usize> = (0..4)
+                    .filter(|&r| cut.meta.region_weights[r] == 0.0)
+                    .collect();
+                assert_eq!(unknown.len(), 1, "{:?}", cut.meta.region_weights);
+                let r = unknown[0];
+                filled[r] += 1;
+                assert_ne!(Some(r), edited, "a fake's only edit stays in view");
+                assert_eq!(plain.meta.region_weights[r], 1.0);
+                assert_eq!(cut.meta.region_labels, plain.meta.region_labels);
+                assert_eq!(cut.meta.label, plain.meta.label);
+                assert_ne!(cut.pixels, plain.pixels);
+                let (Some(t), Some(p)) = (&cut.meta.targets, &plain.meta.targets) else {
+                    panic!("CIPLAB faces have patch targets");
+                };
+                let changed: Vec<usize> = (0..t.len()).filter(|&i| t[i] != p[i]).collect();
+                assert!(!changed.is_empty(), "region {r}");
+                assert!(changed.iter().all(|&i| t[i] == IGNORE));
+            }
+        }
+        assert!(filled.iter().all(|&n| n > 0), "{filled:?}");
     }
 
     /// Region labels: a CIPLAB fake's code marks its edited local regions
