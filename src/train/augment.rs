@@ -193,7 +193,7 @@ pub fn downscale(img: &RgbImage, factor: f32) -> RgbImage {
 /// [`region_masks`] with one cell per pixel) exceeds one half with their
 /// mean colour, a hard-edged flat patch; returns how many it filled. The
 /// face cutout of `--cutout` (after Das et al., "Towards Solving the
-/// DeepFake Problem: An Analysis on Improving DeepFake Detection using
+/// `DeepFake` Problem: An Analysis on Improving `DeepFake` Detection using
 /// Dynamic Face Augmentation", ICCV Workshops 2021, and the DFDC winner's
 /// landmark-based part removal): a model that cannot see one part of a
 /// face must find evidence in the others, which is meant against
@@ -532,8 +532,8 @@ mod tests {
             (f64::from(first.0[0]) - mean_x).abs() <= 1.0,
             "{first:?} {mean_x}"
         );
-        for i in 0..nose.len() {
-            if nose[i] <= 0.5 {
+        for (i, &v) in nose.iter().enumerate() {
+            if v <= 0.5 {
                 assert_eq!(px(&out, i), px(&img, i));
             }
         }
