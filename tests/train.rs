@@ -602,6 +602,46 @@ fn dropout_and_weight_decay_regularise_the_head() {
     }
 }
 
+/// `--label-smoothing`: seeded like the rest, it changes what is learnt
+/// (the real/fake targets move inward), the saved model re-scores what
+/// the trainer recorded, and a value outside [0, 1) is refused.
+#[test]
+fn label_smoothing_trains_and_is_validated() {
+    let data = sample_tree();
+    let clip = tiny_clip();
+    let trained = |smoothing: f64| {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(data.path(), out.path(), clip_backbone(&clip, 0));
+        o.epochs = 1;
+        o.label_smoothing = smoothing;
+        let best = run(&o).0.unwrap().best_dir;
+        let head = candle_core::safetensors::load(best.join("sfam_head.safetensors"), &Device::Cpu)
+            .unwrap();
+        (out, best, head)
+    };
+    let (_keep, best, first) = trained(0.3);
+    let (_o2, _, again) = trained(0.3);
+    let (_o3, _, plain) = trained(0.0);
+    let mut changed = 0.0f32;
+    for (k, v) in &first {
+        assert_eq!(max_abs_diff(v, &again[k]), 0.0, "{k}: not reproducible");
+        changed = changed.max(max_abs_diff(v, &plain[k]));
+    }
+    assert!(changed > 1e-6, "label smoothing changed nothing");
+    reload_and_rescore(&best);
+    for bad in [-0.1, 1.0, f64::NAN] {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(data.path(), out.path(), faceres(1));
+        o.label_smoothing = bad;
+        let (r, _) = run(&o);
+        assert!(
+            matches!(&r, Err(TrainError::Options(m)) if m.contains("label smoothing")),
+            "{bad}: {r:?}"
+        );
+        assert!(!out.path().join("split.csv").exists());
+    }
+}
+
 /// `--donor-blend` through both stages (cached probe versions and fresh
 /// fine-tuning faces): seeded, it changes what is learnt (the blended
 /// copies come from other faces), the saved model re-scores what the

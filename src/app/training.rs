@@ -101,6 +101,8 @@ pub struct TrainForm {
     pub weight_decay: f64,
     /// Dropout of the head's inputs.
     pub dropout: f64,
+    /// Label smoothing of the real/fake cross-entropy.
+    pub label_smoothing: f64,
     /// Experts per region.
     pub experts: usize,
     /// Probability of a geometric jitter.
@@ -150,6 +152,7 @@ impl TrainForm {
             backbone_lr_ratio: 0.1,
             weight_decay: 1e-4,
             dropout: 0.0,
+            label_smoothing: 0.0,
             experts: 4,
             jitter: 0.0,
             cutout: 0.0,
@@ -277,6 +280,7 @@ impl TrainForm {
         o.backbone_lr_ratio = self.backbone_lr_ratio;
         o.weight_decay = self.weight_decay;
         o.dropout = self.dropout;
+        o.label_smoothing = self.label_smoothing;
         o.experts = self.experts;
         o.augment.jitter = self.jitter;
         o.augment.cutout = self.cutout;
@@ -370,6 +374,11 @@ impl TrainForm {
         );
         flag("weight-decay", f(self.weight_decay), f(d.weight_decay));
         flag("dropout", f(self.dropout), f(d.dropout));
+        flag(
+            "label-smoothing",
+            f(self.label_smoothing),
+            f(d.label_smoothing),
+        );
         flag("experts", n(self.experts), n(d.experts));
         flag("jitter", f(self.jitter), f(d.jitter));
         flag("cutout", f(self.cutout), f(d.cutout));
@@ -1347,6 +1356,16 @@ fn advanced_ui(ui: &mut Ui, form: &mut TrainForm) {
                 );
                 field(
                     ui,
+                    "label smoothing",
+                    egui::DragValue::new(&mut form.label_smoothing)
+                        .range(0.0..=0.5)
+                        .speed(0.01),
+                )
+                .on_hover_text(
+                    "targets ε/2 (real) and 1 − ε/2 (fake) for the real/fake loss instead of 0 and 1",
+                );
+                field(
+                    ui,
                     "experts per region",
                     egui::DragValue::new(&mut form.experts).range(1..=16),
                 );
@@ -1925,6 +1944,7 @@ mod tests {
             backbone_lr_ratio: 0.05,
             weight_decay: 1e-3,
             dropout: 0.1,
+            label_smoothing: 0.1,
             experts: 3,
             jitter: 0.5,
             cutout: 0.3,

@@ -97,6 +97,10 @@ pub struct Args {
     /// while training (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// Label smoothing of the real/fake cross-entropy: targets ε/2 and
+    /// 1 − ε/2 instead of 0 and 1 (0: off).
+    #[arg(long, value_name = "EPSILON", default_value_t = 0.0)]
+    pub label_smoothing: f64,
     /// Token dimension of the head.
     #[arg(long, default_value_t = 256)]
     pub dim: usize,
@@ -190,6 +194,7 @@ pub(crate) fn options(args: &Args) -> Result<TrainOptions> {
     opts.backbone_lr_ratio = args.backbone_lr_ratio;
     opts.weight_decay = args.weight_decay;
     opts.dropout = args.dropout;
+    opts.label_smoothing = args.label_smoothing;
     opts.augment.jitter = args.jitter;
     opts.augment.cutout = args.cutout;
     if !(0.0..=3.0).contains(&args.degradations) {

@@ -145,6 +145,11 @@ pub struct TrainOptions {
     /// global descriptor) while training, probe and fine-tuning stages
     /// alike (0 = off).
     pub dropout: f64,
+    /// Label smoothing of the main cross-entropy: the targets become
+    /// `ε/2` (real) and `1 − ε/2` (fake) instead of 0 and 1, so that the
+    /// score is not pushed to certainty on faces it has already learnt
+    /// (0 = off; the region and alignment losses keep their targets).
+    pub label_smoothing: f64,
     /// Token dimension of the head.
     pub dim: usize,
     /// Experts per region.
@@ -212,6 +217,7 @@ impl TrainOptions {
             backbone_lr_ratio: 0.1,
             weight_decay: 1e-4,
             dropout: 0.0,
+            label_smoothing: 0.0,
             dim: 256,
             experts: 4,
             self_blend: 0.15,
@@ -382,6 +388,11 @@ fn fingerprint(o: &TrainOptions) -> String {
     } else {
         String::new()
     };
+    let smoothing = if o.label_smoothing > 0.0 {
+        format!("|ls={}", o.label_smoothing)
+    } else {
+        String::new()
+    };
     let donor = if o.donor_blend > 0.0 {
         format!("|donor={}", o.donor_blend)
     } else {
@@ -405,7 +416,7 @@ fn fingerprint(o: &TrainOptions) -> String {
         String::new()
     };
     format!(
-        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{cutout}{wd}{dropout}{sampling}{donor}{region_labels}",
+        "{:?}|probe={}x{}|dim={}|experts={}|seed={}|batch={}|spe={}|lr={}|sb={}|val={}|aw={}|bw={}|rw={}|aug=AugmentOptions {{ flip: {:?}, color: {:?}, jpeg: {:?}, blur: {:?}, downscale: {:?}, border: {:?} }}{swap}{bblr}{jitter}{cutout}{wd}{dropout}{smoothing}{sampling}{donor}{region_labels}",
         o.backbone,
         o.probe_epochs,
         o.probe_views,
@@ -946,6 +957,17 @@ fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     x.relu()? - (x * y)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
 }
 
+/// The mean binary cross-entropy of logits against 0/1 labels smoothed
+/// by `smoothing`: targets `ε/2` and `1 − ε/2` (0: the labels as they are).
+fn smoothed_bce(x: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
+    if smoothing > 0.0 {
+        let y = ((labels * (1.0 - smoothing))? + smoothing / 2.0)?;
+        bce_with_logits(x, &y)?.mean_all()
+    } else {
+        bce_with_logits(x, labels)?.mean_all()
+    }
+}
+
 /// The per-region loss of a batch: binary cross-entropy of the region
 /// logits against the known region labels, averaged over the known ones.
 fn region_loss(out: &HeadOutput, batch: &Targets) -> candle_core::Result<Tensor> {
@@ -954,10 +976,15 @@ fn region_loss(out: &HeadOutput, batch: &Targets) -> candle_core::Result<Tensor>
     (per * &batch.region_weights)?.sum_all()? / f64::from(known)
 }
 
-/// The three losses of a batch: (cross-entropy, alignment, load balance).
-fn losses(out: &HeadOutput, batch: &Targets) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+/// The three losses of a batch: (cross-entropy, alignment, load balance);
+/// the cross-entropy's targets smoothed by `smoothing` (0: the labels).
+fn losses(
+    out: &HeadOutput,
+    batch: &Targets,
+    smoothing: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let x = &out.logit;
-    let bce = bce_with_logits(x, &batch.labels)?.mean_all()?;
+    let bce = smoothed_bce(x, &batch.labels, smoothing)?;
     // Supervised patch targets.
     let logp = candle_nn::ops::log_softmax(&out.alignment_logits, D::Minus1)?;
     let ce = (&batch.onehot * &logp)?.sum(D::Minus1)?.neg()?; // [B, N]
@@ -1287,6 +1314,12 @@ pub fn train(
         return Err(TrainError::Options(format!(
             "the weight decay must be at least 0 and the dropout below 1 (got {} and {})",
             opts.weight_decay, opts.dropout
+        )));
+    }
+    if !(0.0..1.0).contains(&opts.label_smoothing) {
+        return Err(TrainError::Options(format!(
+            "the label smoothing must be at least 0 and below 1 (got {})",
+            opts.label_smoothing
         )));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::Io {
@@ -1950,7 +1983,7 @@ fn step_losses(
     step: usize,
     sums: &mut LossSums,
 ) -> Result<Tensor, TrainError> {
-    let (bce, align, bal) = losses(out, targets)?;
+    let (bce, align, bal) = losses(out, targets, opts.label_smoothing)?;
     let region = region_loss(out, targets)?;
     let mut loss = ((&bce + (&align * opts.align_weight)?)? + (&bal * opts.balance_weight)?)?;
     if opts.region_weight > 0.0 {
@@ -2326,6 +2359,36 @@ mod tests {
         lock_run(dir.path()).unwrap();
         let never = tempfile::tempdir().unwrap();
         assert_eq!(run_in_progress(never.path()), None);
+    }
+
+    /// Label smoothing: the loss is the cross-entropy against the smoothed
+    /// targets, and it is lowest at the logit of `1 − ε/2`, not at ±∞.
+    #[test]
+    fn label_smoothing_moves_the_targets_inward() {
+        let dev = Device::Cpu;
+        let eps = 0.2_f64;
+        let bce = |x: f32, y: f32, s: f64| {
+            let x = Tensor::new(&[x], &dev).unwrap();
+            let y = Tensor::new(&[y], &dev).unwrap();
+            f64::from(smoothed_bce(&x, &y, s).unwrap().to_scalar::<f32>().unwrap())
+        };
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for (x, y) in [(2.0_f32, 1.0_f32), (-1.5, 0.0), (0.3, 1.0), (4.0, 0.0)] {
+            let t = f64::from(y) * (1.0 - eps) + eps / 2.0;
+            let p = sig(f64::from(x));
+            let want = -(t * p.ln() + (1.0 - t) * (1.0 - p).ln());
+            assert!((bce(x, y, eps) - want).abs() < 1e-5, "{x} {y}");
+            let plain = -(f64::from(y) * p.ln() + (1.0 - f64::from(y)) * (1.0 - p).ln());
+            assert!((bce(x, y, 0.0) - plain).abs() < 1e-5, "{x} {y}");
+        }
+        // For a fake the smoothed loss is lowest at ln(0.9 / 0.1): beyond
+        // it, more certainty costs.
+        #[allow(clippy::cast_possible_truncation)]
+        let best = (0.9_f64 / 0.1).ln() as f32;
+        assert!(bce(best, 1.0, eps) < bce(best - 0.3, 1.0, eps));
+        assert!(bce(best, 1.0, eps) < bce(best + 0.3, 1.0, eps));
+        assert!(bce(best + 3.0, 1.0, eps) > bce(best, 1.0, eps) + 0.1);
+        assert!(bce(best + 3.0, 1.0, 0.0) < bce(best, 1.0, 0.0));
     }
 
     #[test]
